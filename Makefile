@@ -1,0 +1,51 @@
+# Every target sets itself up: a virtual environment in .venv, the dependencies, the generated stubs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/relay/v1/*.proto)
+GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+
+.PHONY: run test lint gen buf-lint bench load chaos clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The one command that generates the Python stubs from protos/ (they are not committed).
+gen: $(STAMP) $(GENERATED)
+
+relay/v1/%_pb2.py: protos/relay/v1/%.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $<
+
+node_modules/.bin/buf:
+	npm install --no-audit --no-fund --silent @bufbuild/buf@1.75.0
+
+buf-lint: node_modules/.bin/buf
+	node_modules/.bin/buf lint
+
+lint: gen buf-lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Runs Relay: JobService and MigrationController on $${RELAY_LISTEN:-127.0.0.1:50051}.
+run: gen
+	$(VENV)/bin/relay serve
+
+# Runs the whole test suite (lint, buf lint, unit, integration against a private Redis).
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: gen
+	$(PY) -m bench.run_all
+
+load: gen
+	$(PY) -m bench.load --duration 300
+
+chaos: gen
+	$(PY) -m bench.chaos --duration 300
+
+clean:
+	rm -rf $(VENV) node_modules relay/v1/*_pb2*.py relay/v1/*_pb2*.pyi

@@ -1,0 +1,32 @@
+"""What every controller RPC mixin shares: the process's parts and the admin check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from redis.asyncio import Redis
+
+from relay.core.auth import SCOPE_ADMIN, KeyRing, Principal
+from relay.core.config import Settings
+from relay.core.stage_store import StageView
+from relay.core.telemetry import Metrics
+
+
+@dataclass
+class ControllerParts:
+    redis: Redis
+    settings: Settings
+    keyring: KeyRing
+    stages: StageView
+    metrics: Metrics
+
+
+class ControllerBase:
+    def __init__(self, parts: ControllerParts):
+        self.parts = parts
+
+    async def _admin(self, context: grpc.aio.ServicerContext) -> Principal:
+        principal = await self.parts.keyring.authenticate(context.invocation_metadata())
+        principal.require(SCOPE_ADMIN)
+        return principal

@@ -1,0 +1,15 @@
+"""relay.v1.MigrationController, composed of one small mixin per concern.
+
+Each mixin authenticates with :meth:`ControllerBase._admin`, validates, calls its engine and converts to
+protobuf; the error table of ``relay.core.rpc_errors`` is applied by ``@rpc_method`` on every method.
+"""
+
+from __future__ import annotations
+
+from relay.controller.api_key_rpcs import ApiKeyRpcs
+from relay.controller.base import ControllerBase
+from relay.v1 import migration_controller_pb2_grpc as pb_grpc
+
+
+class ControllerServicer(ApiKeyRpcs, ControllerBase, pb_grpc.MigrationControllerServicer):
+    pass

@@ -1,0 +1,175 @@
+"""The job record as stored in a Redis hash, in either layout, and its protobuf form.
+
+Both layouts hold the same fields. The old system wrote ``job_id``, ``status``, ``action_provider``,
+``action_name``, ``params`` (JSON text), ``workspace_id``, ``actor_id``, ``result`` ("" or JSON text),
+``enqueued_at`` and, once set, ``started_at`` and ``finished_at`` (ISO-8601, UTC). Relay adds ``error``
+and ``rev`` (a revision that grows with every change). Old records may lack any field or hold text that
+is not JSON: decoding never fails, it serves what it can and the raw text beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from relay.v1 import job_service_pb2 as pb
+
+Record = dict[str, str]
+
+STATUSES = ("pending", "running", "completed", "failed")
+STATUS_TO_PROTO = {
+    "pending": pb.JOB_STATUS_PENDING,
+    "running": pb.JOB_STATUS_RUNNING,
+    "completed": pb.JOB_STATUS_COMPLETED,
+    "failed": pb.JOB_STATUS_FAILED,
+}
+STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+
+# Fields compared by shadow reads and verification; ``rev`` is bookkeeping, not data.
+DATA_FIELDS = (
+    "job_id",
+    "status",
+    "action_provider",
+    "action_name",
+    "params",
+    "workspace_id",
+    "actor_id",
+    "result",
+    "error",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def index_member(job_id: str, enqueued_at: str | None) -> str:
+    """The job's member in its workspace index: fixed-width enqueue micros, so that lex order is time order.
+
+    Records without a readable ``enqueued_at`` sort as the oldest.
+    """
+    moment = parse_time(enqueued_at)
+    micros = int(moment.timestamp() * 1_000_000) if moment else 0
+    return f"{max(micros, 0):016d}|{job_id}"
+
+
+def job_id_of_member(member: str) -> str:
+    return member.partition("|")[2]
+
+
+def new_record(
+    *,
+    job_id: str,
+    workspace_id: str,
+    provider: str,
+    action: str,
+    params_json: str,
+    actor_id: str,
+    enqueued_at: str,
+) -> Record:
+    return {
+        "job_id": job_id,
+        "status": "pending",
+        "action_provider": provider,
+        "action_name": action,
+        "params": params_json,
+        "workspace_id": workspace_id,
+        "actor_id": actor_id,
+        "result": "",
+        "error": "",
+        "enqueued_at": enqueued_at,
+        "rev": "1",
+    }
+
+
+def decode(raw: dict[bytes, bytes] | dict[str, str]) -> Record:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+        )
+        for k, v in raw.items()
+    }
+
+
+def revision(record: Record) -> int:
+    try:
+        return int(record.get("rev", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def struct_json(value: struct_pb2.Struct) -> str:
+    return json.dumps(json_format.MessageToDict(value), separators=(",", ":"), sort_keys=True)
+
+
+def value_json(value: struct_pb2.Value) -> str:
+    return json.dumps(json_format.MessageToDict(value), separators=(",", ":"), sort_keys=True)
+
+
+def _loads(text: str) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(text)
+    except (ValueError, RecursionError):
+        return False, None
+
+
+def to_proto(record: Record) -> pb.Job:
+    job = pb.Job(
+        job_id=record.get("job_id", ""),
+        workspace_id=record.get("workspace_id", ""),
+        status=STATUS_TO_PROTO.get(record.get("status", ""), pb.JOB_STATUS_UNSPECIFIED),
+        action_provider=record.get("action_provider", ""),
+        action_name=record.get("action_name", ""),
+        error=record.get("error", ""),
+        actor_id=record.get("actor_id", ""),
+        revision=revision(record),
+    )
+    params = record.get("params", "")
+    if params:
+        ok, value = _loads(params)
+        if ok and isinstance(value, dict):
+            try:
+                job.params.update(value)
+            except (ValueError, TypeError):
+                job.params_text = params
+        else:
+            job.params_text = params
+    result = record.get("result", "")
+    if result:
+        ok, value = _loads(result)
+        if ok:
+            try:
+                json_format.ParseDict(value, job.result)
+            except (json_format.ParseError, ValueError, TypeError):
+                job.result_text = result
+        else:
+            job.result_text = result
+    for field, target in (
+        ("enqueued_at", job.enqueue_time),
+        ("started_at", job.start_time),
+        ("finished_at", job.finish_time),
+    ):
+        moment = parse_time(record.get(field))
+        if moment is not None:
+            target.FromDatetime(moment)
+    return job
+
+
+def differing_fields(a: Record, b: Record) -> list[str]:
+    return [f for f in DATA_FIELDS if a.get(f, "") != b.get(f, "")]

@@ -1,0 +1,62 @@
+"""Configuration, read once at start-up from the environment (flags override it) into frozen dataclasses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.core.stages import Stage, stage_from_flags
+
+
+def _default_credentials_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "relay" / "credentials.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    #: Empty: the embedded in-memory store (fakeredis), for a first look; never for production.
+    redis_url: str = ""
+    listen: str = "127.0.0.1:50051"
+    #: Empty turns the Prometheus endpoint off.
+    metrics_listen: str = "127.0.0.1:9464"
+    api_keys_file: str = ""
+    #: Where ``relay serve`` saves a development key and ``relayctl`` looks for one.
+    credentials_path: Path = field(default_factory=_default_credentials_path)
+    #: The stage used until one is set in Redis, from the old system's flags.
+    default_stage: Stage = Stage.READ_NEW
+    #: Workspaces that keep their own metric label; the rest count as "other".
+    metric_workspaces: tuple[str, ...] = ()
+    metric_workspace_top_n: int = 20
+    max_params_bytes: int = 64 * 1024
+    max_result_bytes: int = 1024 * 1024
+    max_actions_per_call: int = 100
+    idempotency_ttl_seconds: int = 24 * 3600
+    #: How often a replica re-reads the stage table, besides the change notices.
+    stage_refresh_seconds: float = 0.5
+    #: Seconds an api key found in Redis is trusted before it is read again (revocation delay).
+    api_key_cache_seconds: float = 5.0
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {
+            "redis_url": env.get("REDIS_URL", ""),
+            "listen": env.get("RELAY_LISTEN", "127.0.0.1:50051"),
+            "metrics_listen": env.get("RELAY_METRICS_LISTEN", "127.0.0.1:9464"),
+            "api_keys_file": env.get("RELAY_API_KEYS_FILE", ""),
+            "default_stage": stage_from_flags(env),
+            "metric_workspaces": tuple(
+                w for w in env.get("RELAY_METRIC_WORKSPACES", "").replace(" ", "").split(",") if w
+            ),
+            "log_level": env.get("RELAY_LOG_LEVEL", "INFO").upper(),
+            "log_format": env.get("RELAY_LOG_FORMAT", "json"),
+        }
+        if env.get("RELAY_CREDENTIALS"):
+            values["credentials_path"] = Path(env["RELAY_CREDENTIALS"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,165 @@
+"""``relay serve``: JobService and MigrationController over grpc.aio, alone or together.
+
+With no REDIS_URL the store is an embedded in-memory Redis (fakeredis), for a first look only: it says
+so in the log, and everything is lost at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+
+from relay.core import logs
+from relay.core.auth import ALL_SCOPES, KeyRing, load_key_file
+from relay.core.config import Settings
+from relay.core.page_token import PageTokenCodec
+from relay.core.stage_store import StageView
+from relay.core.telemetry import Metrics, build_metrics, serve_metrics
+from relay.services.job_servicer import JobServicer
+from relay.services.job_store import JobStore
+from relay.v1 import job_service_pb2, job_service_pb2_grpc
+
+log = logging.getLogger("relay.server")
+
+ROLES = ("all", "jobs", "controller")
+DEV_WORKSPACE = "dev"
+
+
+async def connect(settings: Settings) -> Redis:
+    if settings.redis_url:
+        return Redis.from_url(
+            settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        )
+    from fakeredis import FakeAsyncRedis, FakeServer
+
+    log.warning("REDIS_URL is not set: using an embedded in-memory store; all data is lost at exit")
+    return FakeAsyncRedis(server=FakeServer(version=(7, 0)))
+
+
+@dataclass
+class App:
+    """A running server: its port, its parts, and how to stop it."""
+
+    server: grpc.aio.Server
+    port: int
+    redis: Redis
+    metrics: Metrics
+    stages: StageView
+    health: Any
+    background: list[Any] = field(default_factory=list)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for part in reversed(self.background):
+            await part.stop()
+        await self.stages.stop()
+        await self.redis.aclose()
+
+
+async def start(
+    settings: Settings, role: str = "all", redis: Redis | None = None, metrics: Metrics | None = None
+) -> App:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+    redis = redis if redis is not None else await connect(settings)
+    metrics = metrics or build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
+    static = load_key_file(settings.api_keys_file) if settings.api_keys_file else {}
+    keyring = KeyRing(redis, static, settings.api_key_cache_seconds)
+    if not static and not await keyring.any_stored():
+        await _make_dev_key(keyring, settings)
+    stages = StageView(redis, settings.default_stage, settings.stage_refresh_seconds)
+    await stages.start()
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+    background: list[Any] = []
+    if role in ("all", "jobs"):
+        tokens = await PageTokenCodec.shared(redis)
+        store = JobStore(redis, stages, tokens, metrics, settings.idempotency_ttl_seconds)
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(store, keyring, settings), server)
+        names.append(job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name)
+    if role in ("all", "controller"):
+        from relay.controller.assembly import add_controller
+
+        names.append(await add_controller(server, redis, settings, metrics, keyring, stages, background))
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    await server.start()
+    for name in names[1:]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return App(server, port, redis, metrics, stages, health_servicer, background)
+
+
+async def _make_dev_key(keyring: KeyRing, settings: Settings) -> None:
+    raw, _ = await keyring.create(DEV_WORKSPACE, list(ALL_SCOPES), "development key made by relay serve")
+    path = settings.credentials_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"target": settings.listen, "api_key": raw, "workspace_id": DEV_WORKSPACE}) + "\n"
+    )
+    os.chmod(path, 0o600)
+    print(
+        "No api keys are configured: made a development key for workspace "
+        f"'{DEV_WORKSPACE}' with all scopes.\n"
+        f"  api key: {raw}\n  saved to {path} (relayctl finds it there)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def _serve(settings: Settings, role: str) -> None:
+    metrics = build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
+    serve_metrics(metrics, settings.metrics_listen)
+    app = await start(settings, role, metrics=metrics)
+    log.info("relay %s listening", role, extra={"listen": f"{settings.listen} (port {app.port})"})
+    print(f"relay {role} listening on {settings.listen}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining in-flight calls", extra={"reason": "signal"})
+    await app.stop(settings.shutdown_grace_seconds)
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="relay", description="Relay job service and migration controller.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run JobService and/or MigrationController")
+    serve.add_argument("role", nargs="?", default="all", choices=ROLES)
+    serve.add_argument("--listen", help="host:port (env RELAY_LISTEN, default 127.0.0.1:50051)")
+    serve.add_argument("--redis-url", help="redis://... (env REDIS_URL; empty: embedded in-memory store)")
+    serve.add_argument(
+        "--metrics-listen", help="host:port for /metrics (env RELAY_METRICS_LISTEN; '' is off)"
+    )
+    serve.add_argument("--api-keys-file", help="JSON list of keys (env RELAY_API_KEYS_FILE)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env(
+        listen=args.listen,
+        redis_url=args.redis_url,
+        metrics_listen=args.metrics_listen,
+        api_keys_file=args.api_keys_file,
+    )
+    logs.configure(settings.log_level, settings.log_format)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(settings, args.role))

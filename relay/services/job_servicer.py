@@ -1,0 +1,138 @@
+"""relay.v1.JobService: authenticate, validate, call the job store, convert to protobuf."""
+
+from __future__ import annotations
+
+import grpc
+
+from relay.core import codec
+from relay.core.auth import SCOPE_EXECUTE, SCOPE_PREVIEW, SCOPE_WORK, KeyRing
+from relay.core.config import Settings
+from relay.core.errors import InvalidArgument
+from relay.core.ids import check_client_request_id, check_job_id, check_workspace_id
+from relay.core.rpc_errors import rpc_method
+from relay.services.job_store import JobStore, NewAction
+from relay.v1 import job_service_pb2 as pb
+from relay.v1 import job_service_pb2_grpc as pb_grpc
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+MAX_NAME_CHARS = 128
+MAX_ACTOR_CHARS = 256
+MAX_ERROR_CHARS = 4096
+WORKER_STATUSES = {
+    pb.JOB_STATUS_RUNNING: "running",
+    pb.JOB_STATUS_COMPLETED: "completed",
+    pb.JOB_STATUS_FAILED: "failed",
+}
+
+
+class JobServicer(pb_grpc.JobServiceServicer):
+    def __init__(self, store: JobStore, keyring: KeyRing, settings: Settings):
+        self._store = store
+        self._keyring = keyring
+        self._settings = settings
+
+    @rpc_method
+    async def Execute(
+        self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExecuteResponse:
+        principal = await self._keyring.authenticate(context.invocation_metadata())
+        principal.require(SCOPE_EXECUTE)
+        workspace_id = principal.workspace(request.workspace_id)
+        actions = self._actions(request)
+        actor_id = _bounded_text(request.actor_id, "actor_id", MAX_ACTOR_CHARS)
+        job_ids, depth = await self._store.execute(workspace_id, actions, actor_id)
+        return pb.ExecuteResponse(job_ids=job_ids, queue_depth=depth)
+
+    def _actions(self, request: pb.ExecuteRequest) -> list[NewAction]:
+        if not request.actions:
+            raise InvalidArgument("actions", "must hold at least one action")
+        if len(request.actions) > self._settings.max_actions_per_call:
+            raise InvalidArgument(
+                "actions", f"must hold at most {self._settings.max_actions_per_call} actions"
+            )
+        actions = []
+        for n, action in enumerate(request.actions):
+            field = f"actions[{n}]"
+            provider = _required_name(action.provider, f"{field}.provider")
+            name = _required_name(action.action, f"{field}.action")
+            params_json = codec.struct_json(action.params)
+            if len(params_json.encode()) > self._settings.max_params_bytes:
+                raise InvalidArgument(
+                    f"{field}.params", f"must be at most {self._settings.max_params_bytes} bytes as JSON"
+                )
+            crid = check_client_request_id(action.client_request_id, f"{field}.client_request_id")
+            actions.append(NewAction(provider, name, params_json, crid))
+        return actions
+
+    @rpc_method
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
+        principal = await self._keyring.authenticate(context.invocation_metadata())
+        principal.require(SCOPE_PREVIEW)
+        workspace_id = principal.workspace()
+        record = await self._store.get(workspace_id, check_job_id(request.job_id))
+        return pb.GetJobResponse(job=codec.to_proto(record))
+
+    @rpc_method
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsResponse:
+        principal = await self._keyring.authenticate(context.invocation_metadata())
+        principal.require(SCOPE_PREVIEW)
+        workspace_id = principal.workspace(request.workspace_id)
+        if request.page_size < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        status = ""
+        if request.status != pb.JOB_STATUS_UNSPECIFIED:
+            if request.status not in codec.STATUS_FROM_PROTO:
+                raise InvalidArgument("status", "is not a known JobStatus")
+            status = codec.STATUS_FROM_PROTO[request.status]
+        page = await self._store.list(workspace_id, page_size, request.page_token, status)
+        return pb.ListJobsResponse(
+            jobs=[codec.to_proto(r) for r in page.records], next_page_token=page.next_page_token
+        )
+
+    @rpc_method
+    async def ClaimJob(
+        self, request: pb.ClaimJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClaimJobResponse:
+        principal = await self._keyring.authenticate(context.invocation_metadata())
+        principal.require(SCOPE_WORK)
+        _bounded_text(request.worker_id, "worker_id", MAX_NAME_CHARS)
+        record = await self._store.claim()
+        return pb.ClaimJobResponse(job=codec.to_proto(record)) if record else pb.ClaimJobResponse()
+
+    @rpc_method
+    async def UpdateJobStatus(
+        self, request: pb.UpdateJobStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateJobStatusResponse:
+        principal = await self._keyring.authenticate(context.invocation_metadata())
+        principal.require(SCOPE_WORK)
+        workspace_id = check_workspace_id(request.workspace_id)
+        job_id = check_job_id(request.job_id)
+        status = WORKER_STATUSES.get(request.status)
+        if status is None:
+            raise InvalidArgument("status", "must be RUNNING, COMPLETED or FAILED")
+        result_json = codec.value_json(request.result) if request.HasField("result") else None
+        if result_json is not None and len(result_json.encode()) > self._settings.max_result_bytes:
+            raise InvalidArgument(
+                "result", f"must be at most {self._settings.max_result_bytes} bytes as JSON"
+            )
+        error = _bounded_text(request.error, "error", MAX_ERROR_CHARS) if request.error else None
+        record = await self._store.update_status(workspace_id, job_id, status, result_json, error)
+        return pb.UpdateJobStatusResponse(job=codec.to_proto(record))
+
+
+def _required_name(value: str, field: str) -> str:
+    if not value.strip():
+        raise InvalidArgument(field, "is required")
+    return _bounded_text(value, field, MAX_NAME_CHARS)
+
+
+def _bounded_text(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(field, f"must be at most {limit} characters")
+    if any(ord(c) < 32 and c not in "\t\n" for c in value):
+        raise InvalidArgument(field, "must not hold control characters")
+    return value

@@ -1,0 +1,192 @@
+"""Shared fixtures: a private Redis, a running Relay on a free port, and api keys.
+
+Tests never touch a Redis they did not start: a private ``redis-server`` on a free port is started once
+per session (set RELAY_TEST_REDIS_URL to use another one, which is flushed). Each test gets a flushed
+database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import redis as sync_redis
+from redis.asyncio import Redis
+
+from relay import server
+from relay.core.config import Settings
+from relay.core.stages import Stage
+from relay.v1 import job_service_pb2_grpc, migration_controller_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes] | None
+    workdir: str
+
+
+def start_redis_server(extra: list[str] | None = None) -> RedisServer:
+    """A private redis-server on a free port (no persistence unless ``extra`` asks for it)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="relay-redis-")
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", workdir, "--enable-debug-command", "local", *(extra or [])]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = sync_redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except sync_redis.ConnectionError:
+            time.sleep(0.025)
+    else:
+        process.kill()
+        raise RuntimeError("private redis-server did not start")
+    return RedisServer(f"redis://127.0.0.1:{port}/0", port, process, workdir)
+
+
+def stop_redis_server(srv: RedisServer) -> None:
+    if srv.process is not None:
+        srv.process.terminate()
+        try:
+            srv.process.wait(5)
+        except subprocess.TimeoutExpired:
+            srv.process.kill()
+    shutil.rmtree(srv.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    url = os.environ.get("RELAY_TEST_REDIS_URL")
+    if url:
+        yield RedisServer(url, 0, None, "")
+        return
+    srv = start_redis_server()
+    yield srv
+    stop_redis_server(srv)
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@dataclass
+class Keys:
+    """Raw api keys by name, as written to the key file of a test server."""
+
+    raw: dict[str, str]
+
+    def md(self, name: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.raw[name]}"),)
+
+
+#: name -> (workspace_id, scopes)
+KEY_SPECS: dict[str, tuple[str, list[str]]] = {
+    "ws_a": ("ws-a", ["actions:execute", "actions:preview"]),
+    "ws_b": ("ws-b", ["actions:execute", "actions:preview"]),
+    "ws_a_preview": ("ws-a", ["actions:preview"]),
+    "ws_a_execute": ("ws-a", ["actions:execute"]),
+    "worker": ("", ["jobs:work"]),
+    "admin": ("", ["migration:admin"]),
+}
+
+
+@pytest.fixture(scope="session")
+def keys_file() -> Iterator[tuple[Path, Keys]]:
+    raw = {name: f"test-key-{name}-{os.urandom(8).hex()}" for name in KEY_SPECS}
+    entries = [
+        {"key": raw[name], "workspace_id": ws, "scopes": scopes} for name, (ws, scopes) in KEY_SPECS.items()
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "keys.json"
+        path.write_text(json.dumps(entries))
+        yield path, Keys(raw)
+
+
+@pytest.fixture
+def keys(keys_file: tuple[Path, Keys]) -> Keys:
+    return keys_file[1]
+
+
+@dataclass
+class Running:
+    app: server.App
+    channel: grpc.aio.Channel
+    jobs: job_service_pb2_grpc.JobServiceStub
+    controller: migration_controller_pb2_grpc.MigrationControllerStub
+    target: str
+
+
+StartRelay = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_relay(
+    redis_server: RedisServer, redis: Redis, keys_file: tuple[Path, Keys]
+) -> AsyncIterator[StartRelay]:
+    """Start Relay servers on free ports against the private Redis: ``await start_relay(stage=...)``."""
+    started: list[Running] = []
+
+    async def start(stage: Stage = Stage.READ_NEW, role: str = "all", **overrides: object) -> Running:
+        settings = Settings.from_env(
+            {},
+            listen="127.0.0.1:0",
+            redis_url=redis_server.url,
+            api_keys_file=str(keys_file[0]),
+            metrics_listen="",
+            default_stage=stage,
+            stage_refresh_seconds=0.1,
+            **overrides,
+        )
+        app = await server.start(settings, role)
+        target = f"127.0.0.1:{app.port}"
+        channel = grpc.aio.insecure_channel(target)
+        running = Running(
+            app,
+            channel,
+            job_service_pb2_grpc.JobServiceStub(channel),
+            migration_controller_pb2_grpc.MigrationControllerStub(channel),
+            target,
+        )
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        await running.channel.close()
+        await running.app.stop(0.5)
+
+
+@pytest.fixture
+async def relay(start_relay: StartRelay) -> Running:
+    """One Relay (JobService and controller) in the read-new stage."""
+    return await start_relay()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: longer tests, still part of the normal run")
