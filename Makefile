@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/relay/v1/*.proto)
-GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+GEN_STAMP := relay/v1/.generated
 
-.PHONY: run test lint gen buf-lint bench load chaos clean
+.PHONY: run test lint gen buf-lint system-tools bench load chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The one command that generates the Python stubs from protos/ (they are not committed).
-gen: $(STAMP) $(GENERATED)
+gen: $(GEN_STAMP)
 
-relay/v1/%_pb2.py: protos/relay/v1/%.proto $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $<
+$(GEN_STAMP): $(PROTOS) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	touch $(GEN_STAMP)
 
 node_modules/.bin/buf:
 	npm install --no-audit --no-fund --silent @bufbuild/buf@1.75.0
@@ -34,8 +35,13 @@ lint: gen buf-lint
 run: gen
 	$(VENV)/bin/relay serve
 
+# System packages the tests use: redis-server for the private test Redis (Debian's package).
+system-tools:
+	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
 # Runs the whole test suite (lint, buf lint, unit, integration against a private Redis).
-test: lint
+test: lint system-tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: gen
@@ -48,4 +54,4 @@ chaos: gen
 	$(PY) -m bench.chaos --duration 300
 
 clean:
-	rm -rf $(VENV) node_modules relay/v1/*_pb2*.py relay/v1/*_pb2*.pyi
+	rm -rf $(VENV) node_modules relay/v1/*_pb2*.py relay/v1/*_pb2*.pyi $(GEN_STAMP)
