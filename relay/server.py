@@ -25,7 +25,10 @@ from redis.asyncio import Redis
 from relay.core import logs
 from relay.core.auth import ALL_SCOPES, KeyRing, load_key_file
 from relay.core.config import Settings
+from relay.core.malformed_requests import MalformedRequestInterceptor
 from relay.core.page_token import PageTokenCodec
+from relay.core.redis_observer import observe_redis
+from relay.core.rpc_observer import RpcObserver
 from relay.core.stage_store import StageView
 from relay.core.telemetry import Metrics, build_metrics, serve_metrics
 from relay.services.job_servicer import JobServicer
@@ -70,6 +73,14 @@ class App:
         await self.redis.aclose()
 
 
+def grpc_server(metrics: Metrics) -> grpc.aio.Server:
+    """The grpc.aio server every role runs on, with its interceptors (bench/'s no-op baseline uses it too)."""
+    return grpc.aio.server(
+        interceptors=[RpcObserver(metrics), MalformedRequestInterceptor()],
+        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+    )
+
+
 async def start(
     settings: Settings, role: str = "all", redis: Redis | None = None, metrics: Metrics | None = None
 ) -> App:
@@ -77,14 +88,16 @@ async def start(
         raise ValueError(f"role must be one of {ROLES}")
     redis = redis if redis is not None else await connect(settings)
     metrics = metrics or build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
+    observe_redis(redis, metrics)
     static = load_key_file(settings.api_keys_file) if settings.api_keys_file else {}
     keyring = KeyRing(redis, static, settings.api_key_cache_seconds)
     if not static and not await keyring.any_stored():
         await _make_dev_key(keyring, settings)
     stages = StageView(redis, settings.default_stage, settings.stage_refresh_seconds)
     await stages.start()
+    metrics.watch_stages(stages)
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+    server = grpc_server(metrics)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]

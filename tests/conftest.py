@@ -160,8 +160,7 @@ async def start_relay(
             api_keys_file=str(keys_file[0]),
             metrics_listen="",
             default_stage=stage,
-            stage_refresh_seconds=0.1,
-            **overrides,
+            **{"stage_refresh_seconds": 0.1, **overrides},
         )
         app = await server.start(settings, role)
         target = f"127.0.0.1:{app.port}"

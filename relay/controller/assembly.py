@@ -28,4 +28,6 @@ async def add_controller(
     """Register the controller on ``server``; returns its full service name (for health and reflection)."""
     servicer = ControllerServicer(ControllerParts(redis, settings, keyring, stages, metrics))
     migration_controller_pb2_grpc.add_MigrationControllerServicer_to_server(servicer, server)
+    await servicer.backfills.start()  # resumes orphaned backfills; stopped at shutdown
+    background.append(servicer.backfills)
     return migration_controller_pb2.DESCRIPTOR.services_by_name["MigrationController"].full_name

@@ -7,9 +7,21 @@ protobuf; the error table of ``relay.core.rpc_errors`` is applied by ``@rpc_meth
 from __future__ import annotations
 
 from relay.controller.api_key_rpcs import ApiKeyRpcs
+from relay.controller.backfill_rpcs import BackfillRpcs
 from relay.controller.base import ControllerBase
+from relay.controller.cleanup_rpcs import CleanupRpcs
+from relay.controller.stage_rpcs import StageRpcs
+from relay.controller.verify_rpcs import VerifyRpcs
 from relay.v1 import migration_controller_pb2_grpc as pb_grpc
 
 
-class ControllerServicer(ApiKeyRpcs, ControllerBase, pb_grpc.MigrationControllerServicer):
+class ControllerServicer(
+    BackfillRpcs,
+    StageRpcs,
+    VerifyRpcs,
+    CleanupRpcs,
+    ApiKeyRpcs,
+    ControllerBase,
+    pb_grpc.MigrationControllerServicer,
+):
     pass

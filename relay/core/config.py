@@ -35,9 +35,23 @@ class Settings:
     idempotency_ttl_seconds: int = 24 * 3600
     #: How often a replica re-reads the stage table, besides the change notices.
     stage_refresh_seconds: float = 0.5
+    #: How long after a stage change every replica is taken to have seen it (above the refresh interval):
+    #: stage rules only trust an operation that started at least this long after the change it depends on.
+    stage_settle_seconds: float = 2.0
+    #: How old a clean verification may be and still allow NEW_ONLY or a cleanup.
+    verification_max_age_seconds: float = 6 * 3600
     #: Seconds an api key found in Redis is trusted before it is read again (revocation delay).
     api_key_cache_seconds: float = 5.0
     shutdown_grace_seconds: float = 10.0
+    #: Backfill: Redis round trips slower than this make the backfill slow down (env
+    #: RELAY_BACKFILL_LATENCY_CEILING_MS; 0 turns the brake off).
+    backfill_latency_ceiling_seconds: float = 0.025
+    #: Backfill: the lease a running backfill renews; a controller that dies loses it after this long.
+    backfill_lease_seconds: float = 10.0
+    #: Backfill: how often each controller looks for a backfill whose controller died, and resumes it
+    #: when backfill_auto_resume is on (else marks it ORPHANED for ResumeBackfill).
+    backfill_orphan_check_seconds: float = 3.0
+    backfill_auto_resume: bool = True
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -52,6 +66,11 @@ class Settings:
             "default_stage": stage_from_flags(env),
             "metric_workspaces": tuple(
                 w for w in env.get("RELAY_METRIC_WORKSPACES", "").replace(" ", "").split(",") if w
+            ),
+            "metric_workspace_top_n": int(env.get("RELAY_METRIC_WORKSPACE_TOP_N", "20")),
+            "verification_max_age_seconds": float(env.get("RELAY_VERIFICATION_MAX_AGE_SECONDS", 6 * 3600)),
+            "backfill_latency_ceiling_seconds": (
+                float(env.get("RELAY_BACKFILL_LATENCY_CEILING_MS", "25")) / 1000
             ),
             "log_level": env.get("RELAY_LOG_LEVEL", "INFO").upper(),
             "log_format": env.get("RELAY_LOG_FORMAT", "json"),

@@ -16,6 +16,7 @@ LEGACY_JOB_PREFIX = "ai:jobs:"
 LEGACY_JOB_PATTERN = LEGACY_JOB_PREFIX + "*"
 LEGACY_QUEUE = "ai:queue:pending"
 IDEMPOTENCY_PREFIX = "ai:idempotency:"
+IDEMPOTENCY_PATTERN = IDEMPOTENCY_PREFIX + "*"
 LEGACY_BACKFILL_CURSOR = "ai:backfill:cursor"
 LEGACY_BACKFILL_LAST_JOB = "ai:backfill:last_job"
 
@@ -77,6 +78,15 @@ class KeyLayout:
     verification_last: str = RELAY_PREFIX + "verification:last"
     cleanup_last: str = RELAY_PREFIX + "cleanup:last"
     operation_lease: str = RELAY_PREFIX + "operation:lease"
+    #: Hash beside ``stage``, same fields: when each scope entered its stage and its layout history (JSON).
+    stage_history: str = RELAY_PREFIX + "stage:history"
+    #: Hash of completed migration operations that stage rules rely on (``relay.controller.migration_facts``).
+    migration_facts: str = RELAY_PREFIX + "migration:facts"
+    #: The running or interrupted verification, cleanup and reverse copy, with their checkpoints (JSON).
+    verification_current: str = RELAY_PREFIX + "verification:current"
+    cleanup_current: str = RELAY_PREFIX + "cleanup:current"
+    reverse_copy_current: str = RELAY_PREFIX + "reverse-copy:current"
+    reverse_copy_last: str = RELAY_PREFIX + "reverse-copy:last"
 
     def backfill(self, backfill_id: str) -> str:
         return f"{RELAY_PREFIX}backfill:{backfill_id}"

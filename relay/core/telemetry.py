@@ -1,47 +1,125 @@
 """Metrics: one OpenTelemetry MeterProvider per process, exported for Prometheus on ``/metrics``.
 
-Names and labels are the old system's where it had them, so its dashboards keep working. Workspace
-labels are bounded by :class:`WorkspaceLabels`: an allow-list, else the first N workspaces seen, and
-``other`` for the rest.
+Names and labels are the old system's where it had them (``relay_backfill_*_total{workspace_id}``,
+``relay_backfill_duration_seconds``, ``relay_job_read_path_total{path}``), so its dashboards keep
+working. The exposition carries no ``otel_scope_*`` labels and no ``target_info``: Prometheus' own
+``job``/``instance`` labels identify the process, and series look exactly like the old system's.
+
+Workspace labels are bounded by :class:`WorkspaceLabels`: an allow-list, else the top N workspaces by
+traffic, and ``other`` for the rest. Gauges that describe state rather than events (the stage table, the
+running backfill) are observable gauges, read at scrape time from in-memory state: a scrape never
+touches Redis.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
 
+from relay.core.ids import is_workspace_id
+from relay.core.stages import GLOBAL_FIELD, Stage, StageTable
+
+log = logging.getLogger("relay.telemetry")
+
 OTHER = "other"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Observations after which a workspace earns its own label (while fewer than N have one).
+PROMOTE_AFTER = 10
+#: Candidate workspaces counted at most; the count table starts over when full, so a flood of one-off
+#: workspaces costs bounded memory and never earns a label.
+CANDIDATE_WINDOW = 4096
+#: The label of the global default in ``relay_stage`` (never a valid workspace id).
+GLOBAL_STAGE_LABEL = GLOBAL_FIELD
+BACKFILL_STATES = ("running", "paused", "completed", "failed", "cancelled", "orphaned")
 
 
 class WorkspaceLabels:
-    """Maps workspace ids to a bounded set of label values."""
+    """Maps workspace ids to a bounded set of label values.
 
-    def __init__(self, allow: Iterable[str] = (), top_n: int = 20):
+    With an allow-list, exactly those workspaces keep their own label. Without one, a workspace earns
+    its own label once it has been observed ``promote_after`` times within a window of
+    ``CANDIDATE_WINDOW`` candidates, until ``top_n`` have one: the busiest workspaces get there first,
+    while one-off workspaces never do. A label, once earned, stays for the life of the process: a
+    counter needs a stable series, and the SDK keeps every series it has exported, so letting labels
+    come and go would grow the series without bound. Observations made before a workspace earned its
+    label count as ``other``; exact per-workspace totals need the allow-list.
+    """
+
+    def __init__(
+        self,
+        allow: Iterable[str] = (),
+        top_n: int = 20,
+        promote_after: int = PROMOTE_AFTER,
+        window: int = CANDIDATE_WINDOW,
+    ):
         self._allow = frozenset(allow)
-        self._top_n = 0 if self._allow else top_n
-        self._seen: set[str] = set()
+        self._top_n = 0 if self._allow else max(top_n, 0)
+        self._promote_after = max(promote_after, 1)
+        self._window = max(window, 1)
+        self._own: set[str] = set(self._allow)
+        self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def __call__(self, workspace_id: str) -> str:
-        if not workspace_id:
-            return OTHER
-        if self._allow:
-            return workspace_id if workspace_id in self._allow else OTHER
-        if workspace_id in self._seen:
+        """The label of one observation of ``workspace_id``; it counts toward earning a label."""
+        if workspace_id in self._own:
             return workspace_id
+        if len(self._own) >= self._top_n or not is_workspace_id(workspace_id):
+            return OTHER
         with self._lock:
-            if len(self._seen) < self._top_n:
-                self._seen.add(workspace_id)
+            if len(self._own) >= self._top_n:
+                return OTHER
+            seen = self._counts.get(workspace_id, 0) + 1
+            if seen >= self._promote_after:
+                self._own.add(workspace_id)
+                self._counts.pop(workspace_id, None)
+                if len(self._own) >= self._top_n:
+                    self._counts.clear()  # no label left to earn
                 return workspace_id
+            if seen == 1 and len(self._counts) >= self._window:
+                self._counts.clear()
+            self._counts[workspace_id] = seen
         return OTHER
+
+    def label_of(self, workspace_id: str) -> str:
+        """The label ``workspace_id`` has now, without counting an observation."""
+        return workspace_id if workspace_id in self._own else OTHER
+
+    def labelled(self) -> frozenset[str]:
+        """The workspaces that have their own label."""
+        with self._lock:
+            return frozenset(self._own)
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillGauges:
+    """What the running (or last) backfill reports to ``/metrics``, read at scrape time."""
+
+    state: str  # one of BACKFILL_STATES
+    progress_ratio: float  # 0 to 1, against total_keys
+    total_keys: int
+    rate: float  # keys per second over the last few seconds
+    eta_seconds: float | None = None
+    dry_run: bool = False
+
+
+#: Returns the current backfill's gauges, or None when this process runs none. Called on the scrape
+#: thread: it must only read in-memory state (no Redis, no awaiting), quickly.
+BackfillWatch = Callable[[], BackfillGauges | None]
+
+
+class HasStageTable(Protocol):
+    table: StageTable
 
 
 @dataclass
@@ -51,17 +129,15 @@ class Metrics:
     provider: MeterProvider
     registry: CollectorRegistry
     workspace_label: WorkspaceLabels
-    _instruments: dict[str, object] = field(default_factory=dict)
+    _stage_views: list[HasStageTable] = field(default_factory=list)
+    _backfill_watches: list[BackfillWatch] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         meter = self.provider.get_meter("relay")
         c = meter.create_counter
         h = meter.create_histogram
-        self.read_path = c("relay_job_read_path", description="Job reads by the layout that answered")
-        self.dual_write = c("relay_dual_write", description="Job writes by the layouts written and result")
-        self.shadow_reads = c("relay_shadow_reads", description="Shadow reads comparing both layouts")
-        self.rpc_duration = h("relay_rpc_duration_seconds", unit="s", description="RPC handling time")
-        self.redis_duration = h("relay_redis_duration_seconds", unit="s", description="Redis call time")
+        g = meter.create_observable_gauge
+        # --- the old system's names ----------------------------------------------------------
         self.backfill_scanned = c("relay_backfill_scanned", description="Legacy keys examined")
         self.backfill_migrated = c("relay_backfill_migrated", description="Legacy records copied")
         self.backfill_skipped = c("relay_backfill_skipped", description="Legacy records skipped, by reason")
@@ -69,14 +145,99 @@ class Metrics:
         self.backfill_duration = h(
             "relay_backfill_duration_seconds", unit="s", description="Time to copy one backfill batch"
         )
+        self.read_path = c("relay_job_read_path", description="Job reads by the layout that answered")
+        self.dual_write = c("relay_dual_write", description="Job writes by the layouts written and result")
+        # --- added -----------------------------------------------------------------------------
+        self.shadow_reads = c("relay_shadow_reads", description="Shadow reads comparing both layouts")
+        self.rpc_duration = h(
+            "relay_rpc_duration_seconds", unit="s", description="RPC handling time by method and status code"
+        )
+        self.redis_duration = h(
+            "relay_redis_duration_seconds", unit="s", description="Redis call time by command and result"
+        )
+        g("relay_stage", [self._observe_stage], description="Current stage (1-5) per workspace; * is default")
+        g("relay_stage_workspaces", [self._observe_stage_overrides], description="Workspace overrides")
+        g("relay_backfill_state", [self._observe_backfill_state], description="1 for the backfill's state")
+        g("relay_backfill_progress_ratio", [self._backfill_value("progress")], description="Done, 0 to 1")
+        g("relay_backfill_total_keys", [self._backfill_value("total")], description="Keys to scan, estimated")
+        g("relay_backfill_rate_keys_per_second", [self._backfill_value("rate")], description="Recent rate")
+        g("relay_backfill_eta_seconds", [self._backfill_value("eta")], description="Estimated time left")
 
     def ws(self, workspace_id: str) -> str:
+        """The label value for one observation of ``workspace_id``'s traffic."""
         return self.workspace_label(workspace_id)
+
+    # --- sources of the observable gauges ----------------------------------------------------
+    def watch_stages(self, view: HasStageTable) -> None:
+        """Report ``view.table`` (a replica's cached stage table) as ``relay_stage``."""
+        self._stage_views.append(view)
+
+    def watch_backfill(self, watch: BackfillWatch) -> Callable[[], None]:
+        """Report what ``watch()`` returns as the backfill gauges; returns a function that stops it."""
+        self._backfill_watches.append(watch)
+
+        def unwatch() -> None:
+            if watch in self._backfill_watches:
+                self._backfill_watches.remove(watch)
+
+        return unwatch
+
+    def _current_backfill(self) -> BackfillGauges | None:
+        for watch in list(self._backfill_watches):
+            try:
+                gauges = watch()
+            except Exception as exc:  # a broken source must not break the scrape
+                log.warning("backfill gauge source failed: %s", type(exc).__name__)
+                continue
+            if gauges is not None:
+                return gauges
+        return None
+
+    def _observe_stage(self, _options: CallbackOptions) -> Iterator[Observation]:
+        if not self._stage_views:
+            return
+        table = self._stage_views[-1].table
+        yield Observation(int(table.default.stage), {"workspace_id": GLOBAL_STAGE_LABEL})
+        for workspace_id in sorted(self.workspace_label.labelled()):
+            yield Observation(int(table.for_workspace(workspace_id).stage), {"workspace_id": workspace_id})
+
+    def _observe_stage_overrides(self, _options: CallbackOptions) -> Iterator[Observation]:
+        if not self._stage_views:
+            return
+        counts = dict.fromkeys(Stage, 0)
+        for setting in list(self._stage_views[-1].table.overrides.values()):
+            counts[setting.stage] += 1
+        for stage, count in counts.items():
+            yield Observation(count, {"stage": stage.name})
+
+    def _observe_backfill_state(self, _options: CallbackOptions) -> Iterator[Observation]:
+        gauges = self._current_backfill()
+        if gauges is None:
+            return
+        dry_run = "true" if gauges.dry_run else "false"
+        for state in BACKFILL_STATES:
+            yield Observation(1 if state == gauges.state else 0, {"state": state, "dry_run": dry_run})
+
+    def _backfill_value(self, which: str) -> Callable[[CallbackOptions], Iterator[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterator[Observation]:
+            gauges = self._current_backfill()
+            if gauges is None:
+                return
+            value: float | None = {
+                "progress": gauges.progress_ratio,
+                "total": float(gauges.total_keys),
+                "rate": gauges.rate,
+                "eta": gauges.eta_seconds,
+            }[which]
+            if value is not None:
+                yield Observation(value)
+
+        return observe
 
 
 def build_metrics(allow: Iterable[str] = (), top_n: int = 20, service: str = "relay") -> Metrics:
     registry = CollectorRegistry(auto_describe=True)
-    reader = PrometheusMetricReader(registry=registry)
+    reader = PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=registry)
     views = [
         View(
             instrument_name="*duration_seconds",
@@ -89,10 +250,14 @@ def build_metrics(allow: Iterable[str] = (), top_n: int = 20, service: str = "re
     return Metrics(provider=provider, registry=registry, workspace_label=WorkspaceLabels(allow, top_n))
 
 
-def serve_metrics(metrics: Metrics, listen: str) -> object | None:
-    """Serve ``/metrics`` on ``host:port``; an empty address turns it off."""
+def serve_metrics(metrics: Metrics, listen: str) -> Any | None:
+    """Serve ``/metrics`` on ``host:port`` (``[::1]:port`` for IPv6); an empty address turns it off.
+
+    Returns the HTTP server (``shutdown()`` stops it), or None when off.
+    """
     if not listen:
         return None
     host, _, port = listen.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=metrics.registry)
+    host = host.strip("[]") or "127.0.0.1"
+    server, _thread = start_http_server(int(port), addr=host, registry=metrics.registry)
     return server

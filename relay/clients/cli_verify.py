@@ -1,0 +1,99 @@
+"""relayctl verify: compare the legacy layout with the new one, with a progress bar and a diff table.
+
+Exits 0 when the verification is clean, 1 when it found differences or did not complete.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from relay.clients.cli_common import EXIT_FAILED, EXIT_OK, connection, print_json, run
+from relay.clients.cli_progress import progress_bar
+from relay.v1 import verification_pb2 as pb
+
+STATE_NAMES = {
+    pb.VERIFICATION_STATE_RUNNING: "running",
+    pb.VERIFICATION_STATE_COMPLETED: "completed",
+    pb.VERIFICATION_STATE_FAILED: "failed",
+    pb.VERIFICATION_STATE_INTERRUPTED: "interrupted",
+}
+
+
+def diff_table(result: pb.Verification) -> Table:
+    table = Table(title=f"Verification {result.verification_id}", title_justify="left")
+    for heading in ("workspace", "matching", "missing", "differing", "only new", "unlisted"):
+        table.add_column(heading, justify="left" if heading == "workspace" else "right")
+    table.add_column("differing fields")
+    for diff in result.workspaces:
+        fields = ", ".join(f"{name}={count}" for name, count in sorted(diff.differing_fields.items()))
+        table.add_row(
+            diff.workspace_id,
+            *(
+                f"{n:,}"
+                for n in (diff.matching, diff.missing_in_new, diff.differing, diff.only_in_new, diff.unlisted)
+            ),
+            fields or "-",
+        )
+    return table
+
+
+def show(result: pb.Verification, console: Console) -> None:
+    if result.workspaces:
+        console.print(diff_table(result))
+    else:
+        console.print(f"Verification {result.verification_id}: no job records found")
+    state = STATE_NAMES.get(result.state, "unknown")
+    console.print(
+        f"scanned: {result.scanned_legacy:,} legacy keys, {result.scanned_new:,} new keys; "
+        f"invalid legacy keys: {result.invalid_legacy:,}"
+    )
+    if result.reason:
+        console.print(f"reason: {result.reason}")
+    for diff in result.workspaces:
+        if diff.sample_job_ids:
+            console.print(f"{diff.workspace_id} examples: {', '.join(diff.sample_job_ids[:5])}")
+    verdict = "CLEAN" if result.clean else ("NOT CLEAN" if state == "completed" else state.upper())
+    console.print(f"result: {verdict}")
+
+
+@click.command(
+    "verify", help="Compare legacy job records with the new layout (like VDiff) and show the diff."
+)
+@click.option("--workspace", default="", help="Only this workspace; default: all.")
+@click.option("--rps", type=float, default=0.0, help="Keys per second; 0: unthrottled.")
+@click.option("--batch", type=int, default=1000, help="Keys per SCAN batch.")
+@click.option("--resume", is_flag=True, help="Continue the last unfinished verification.")
+@click.option("--last", is_flag=True, help="Show the last stored verification; run nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON.")
+@click.pass_context
+@run
+async def verify(
+    ctx: click.Context, workspace: str, rps: float, batch: int, resume: bool, last: bool, as_json: bool
+) -> int:
+    conn = connection(ctx)
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    async with conn.channel() as channel:
+        stub = conn.controller(channel)
+        if last:
+            result = await stub.GetVerification(pb.GetVerificationRequest(), metadata=conn.metadata)
+        else:
+            request = pb.VerifyMigrationRequest(
+                workspace_id=workspace, rate_limit=rps, batch_size=batch, resume=resume
+            )
+            result = pb.Verification()
+            with progress_bar() as bar:
+                task = bar.add_task("verify", total=100, detail="")
+                async for event in stub.VerifyMigration(request, metadata=conn.metadata):
+                    result = event.verification
+                    scanned = result.scanned_legacy + result.scanned_new
+                    detail = f"{result.phase} keys, {scanned:,} scanned" if result.phase != "done" else ""
+                    bar.update(task, completed=result.percent_done, detail=detail)
+    if as_json:
+        print_json(result)
+    else:
+        show(result, console)
+    return EXIT_OK if result.clean else EXIT_FAILED

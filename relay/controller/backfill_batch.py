@@ -1,0 +1,242 @@
+"""One backfill batch: a SCAN step over ``ai:jobs:*``, one pipelined read of each key's workspace_id and
+enqueued_at to build its new key and index entry, and one ``COPY_BATCH`` call that decides and copies
+every key of the batch (and records it in the checkpoint) inside Redis.
+
+The read happens outside the atomic step, so the script re-checks what the read saw and answers STALE
+when anything changed; the batch is then read again. Dry runs call the same script with EVALSHA_RO:
+Redis itself refuses any write from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
+
+from relay.controller.backfill_state import COUNT_FIELDS, INVALID_IDS_KEPT
+from relay.core import codec
+from relay.core.ids import is_job_id, is_workspace_id
+from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, KeyLayout
+from relay.core.scripts import COPY_BATCH
+
+COPY = "c"  # a legacy record that can be placed: its new key and index entry are known
+INVALID = "i"  # not a hash, no valid workspace_id, or a job id that cannot be part of a key
+NOT_A_HASH = b"T"
+
+
+@dataclass(slots=True)
+class Item:
+    kind: str
+    key: bytes
+    job_id: str
+    workspace_id: str  # '' unless valid
+    ws_mark: bytes  # what the read saw: '=' + value, '-' absent, 'T' not a hash
+    enq_mark: bytes
+    member: str
+
+
+@dataclass(slots=True)
+class Batch:
+    cursor_from: str
+    cursor_to: str
+    items: list[Item]
+    #: Legacy keys of other workspaces (and, with a filter, unplaceable ones) passed over.
+    filtered: int
+    #: Keys SCAN returned that this batch handles or passes over (after de-duplication and the skip set).
+    examined: int
+    #: Keys SCAN returned at all, for sizing the next step.
+    returned: int
+    #: max_keys was reached inside this SCAN step (True) or exactly at its end.
+    cut: bool = False
+    limit_reached: bool = False
+    #: The keys of this SCAN step handled so far (for a continuation after a cut).
+    done_keys: list[bytes] = field(default_factory=list)
+    #: Keys of this SCAN step skipped because the backfill this one continues handled them.
+    skipped_keys: list[bytes] = field(default_factory=list)
+
+    @property
+    def last(self) -> bool:
+        return self.cursor_to == "0" or self.limit_reached
+
+
+@dataclass(slots=True)
+class CopyReply:
+    status: str  # OK | STALE | FENCED
+    outcomes: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    control: str = ""
+    rate_limit_now: float | None = None
+    batch_size_now: int | None = None
+
+
+class BatchReader:
+    def __init__(self, redis: Redis, workspace_filter: str = "", keys: KeyLayout = KEYS):
+        self._redis = redis
+        self._filter = workspace_filter
+        self._keys = keys
+
+    async def read(self, cursor: str, count: int, skip: frozenset[bytes], limit: int | None) -> Batch:
+        """One SCAN step from ``cursor``; at most ``limit`` keys are handled (the rest is cut off)."""
+        next_cursor, raw_keys = await self._redis.scan(int(cursor), match=LEGACY_JOB_PATTERN, count=count)
+        seen: set[bytes] = set()
+        keys: list[bytes] = []
+        skipped: list[bytes] = []
+        for key in raw_keys:
+            if key in seen:
+                continue  # SCAN may return a key twice: count it once per step
+            seen.add(key)
+            (skipped if key in skip else keys).append(key)
+        batch = Batch(
+            str(cursor), str(int(next_cursor)), [], 0, len(keys), len(raw_keys), skipped_keys=skipped
+        )
+        await self._classify(batch, keys, limit)
+        return batch
+
+    async def reread(self, batch: Batch) -> Batch:
+        """The same keys read again (the copy found one changed since the read)."""
+        keys = batch.done_keys
+        again = Batch(
+            batch.cursor_from,
+            batch.cursor_to,
+            [],
+            0,
+            batch.examined,
+            batch.returned,
+            skipped_keys=batch.skipped_keys,
+        )
+        await self._classify(again, keys, None)
+        again.cut, again.limit_reached = batch.cut, batch.limit_reached
+        return again
+
+    async def _classify(self, batch: Batch, keys: Sequence[bytes], limit: int | None) -> None:
+        if not keys:
+            batch.limit_reached = limit is not None and limit <= 0
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, "workspace_id", "enqueued_at")
+        replies = await pipe.execute(raise_on_error=False)
+        for key, reply in zip(keys, replies, strict=True):
+            if limit is not None and len(batch.items) >= limit:
+                batch.cut = True
+                break
+            batch.done_keys.append(key)
+            item = self._item(key, reply)
+            if item is None:
+                batch.filtered += 1
+            else:
+                batch.items.append(item)
+        if limit is not None and len(batch.items) >= limit:
+            batch.limit_reached = True
+        batch.examined = len(batch.done_keys)
+
+    def _item(self, key: bytes, reply: object) -> Item | None:
+        """The key as a batch item, or None when a workspace filter passes over it."""
+        job_id = KeyLayout.job_id_of_legacy(key.decode("utf-8", "replace"))
+        if isinstance(reply, Exception):  # WRONGTYPE: not a hash
+            return None if self._filter else Item(INVALID, key, job_id, "", NOT_A_HASH, NOT_A_HASH, "")
+        ws_raw, enq_raw = reply  # type: ignore[misc]
+        ws = ws_raw.decode("utf-8", "replace") if ws_raw is not None else None
+        enq = enq_raw.decode("utf-8", "replace") if enq_raw is not None else None
+        ws_mark, enq_mark = _mark(ws_raw), _mark(enq_raw)
+        valid_ws = ws is not None and is_workspace_id(ws)
+        if self._filter and ws != self._filter:
+            return None
+        if not valid_ws or not is_job_id(job_id):
+            return Item(INVALID, key, job_id, "", ws_mark, enq_mark, "")
+        assert ws is not None
+        return Item(COPY, key, job_id, ws, ws_mark, enq_mark, codec.index_member(job_id, enq))
+
+
+class BatchCopier:
+    """Calls ``COPY_BATCH`` for one batch: executing (with the checkpoint) or as a read-only dry run."""
+
+    def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
+        self._redis = redis
+        self._keys = keys
+        self._script = redis.register_script(COPY_BATCH)
+        self._sha = hashlib.sha1(COPY_BATCH.encode()).hexdigest()
+        self._read_only_supported = True
+
+    def _arguments(
+        self,
+        batch: Batch,
+        backfill_id: str,
+        dry: bool,
+        token: str,
+        batches_before: int,
+        checkpoint: dict[str, str],
+    ) -> tuple[list[str | bytes], list[str | bytes]]:
+        k = self._keys
+        keys: list[str | bytes] = [k.backfill(backfill_id), k.backfill_invalid(backfill_id)]
+        args: list[str | bytes] = [
+            "1" if dry else "0",
+            token,
+            str(batches_before),
+            str(INVALID_IDS_KEPT),
+            str(batch.filtered),
+            str(len(batch.items)),
+            str(len(checkpoint)),
+        ]
+        for name, value in checkpoint.items():
+            args += [name, value]
+        for item in batch.items:
+            keys.append(item.key)
+            if item.kind == COPY:
+                keys += [k.new_job(item.workspace_id, item.job_id), k.job_index(item.workspace_id)]
+            args += [item.kind, item.job_id, item.ws_mark, item.enq_mark, item.member]
+        return keys, args
+
+    async def copy(
+        self, batch: Batch, backfill_id: str, token: str, batches_before: int, checkpoint: dict[str, str]
+    ) -> CopyReply:
+        keys, args = self._arguments(batch, backfill_id, False, token, batches_before, checkpoint)
+        return _parse(await self._script(keys=keys, args=args), executing=True)
+
+    async def decide(self, batch: Batch, backfill_id: str) -> CopyReply:
+        """What ``copy`` would do, read-only."""
+        if not batch.items:
+            return CopyReply("OK")
+        keys, args = self._arguments(batch, backfill_id, True, "", 0, {})
+        if self._read_only_supported:
+            try:
+                try:
+                    reply = await self._redis.evalsha_ro(self._sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    reply = await self._redis.eval_ro(COPY_BATCH, len(keys), *keys, *args)
+                return _parse(reply, executing=False)
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                # An embedded store without EVAL_RO: the dry branch of the script writes nothing anyway.
+                self._read_only_supported = False
+        return _parse(await self._script(keys=keys, args=args), executing=False)
+
+
+def _mark(value: bytes | None) -> bytes:
+    """What the read saw, in the form the script compares byte for byte."""
+    return b"-" if value is None else b"=" + value
+
+
+def _parse(reply: list[object], executing: bool) -> CopyReply:
+    status = _text(reply[0])
+    if status != "OK":
+        return CopyReply(status)
+    out = CopyReply("OK", _text(reply[1]))
+    if executing:
+        values = reply[2:]
+        out.counts = {name: int(_text(values[n]) or 0) for n, name in enumerate(COUNT_FIELDS)}
+        control, rate, batch = values[len(COUNT_FIELDS) :]
+        out.control = _text(control)
+        out.rate_limit_now = float(_text(rate)) if rate else None
+        out.batch_size_now = int(_text(batch)) if batch else None
+    return out
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)

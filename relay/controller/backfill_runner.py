@@ -1,0 +1,551 @@
+"""The batch loop of one backfill, run in a background task of the controller that owns it.
+
+Each step: a SCAN step (sized so that under a rate limit a batch is at most a tenth of a second of
+keys), one pipelined read of the keys' workspace ids, a wait on the token bucket, then ONE Lua call
+(``COPY_BATCH``) that copies the batch and records counts and checkpoint atomically. The next batch is
+read while the current one is copied. Between batches the runner obeys the operator (pause, cancel, rate
+and batch changes, asked through the state in Redis so any controller can ask), probes Redis' latency
+and slows down when it rises above the ceiling, and publishes progress at least every second and every
+5,000 keys.
+
+Exactly-once counting: every batch's counts are added inside the same Lua step that copies it, and that
+step refuses to run unless the state still carries this run's fencing token and the number of batches
+it expects. A crash between two batches loses nothing and counts nothing twice: the next owner starts
+from the recorded cursor. (SCAN itself may return a key twice when the keyspace is resized during the
+scan; such a key is counted again, as skipped "exists".)
+
+A dry run makes the same decisions with the same script run read-only, and keeps its state in this
+process's memory: it writes nothing to Redis at all, so it takes no lease and cannot be watched or
+controlled from another controller process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter, deque
+
+from redis.asyncio import Redis
+
+from relay.controller.backfill_batch import Batch, BatchCopier, BatchReader, CopyReply
+from relay.controller.backfill_events import EventHub, make_event
+from relay.controller.backfill_state import (
+    CANCELLED,
+    COMPLETED,
+    COUNT_FIELDS,
+    FAILED,
+    INVALID_IDS_KEPT,
+    ORPHANED,
+    PAUSED,
+    RUNNING,
+    SKIP_REASON_OF_OUTCOME,
+    BackfillRecord,
+    Counts,
+    scan_fraction,
+)
+from relay.controller.backfill_store import BackfillStore
+from relay.controller.lease import Lease
+from relay.controller.migration_facts import record_backfill_completed
+from relay.controller.throttle import LatencyBrake, TokenBucket
+from relay.core import codec
+from relay.core.config import Settings
+from relay.core.keys import KEYS, KeyLayout
+from relay.core.rpc_errors import TRANSIENT_STORE_ERRORS
+from relay.core.telemetry import Metrics
+from relay.v1 import backfill_pb2 as pb
+
+log = logging.getLogger("relay.backfill")
+
+#: Times a batch is read again when the copy finds it changed since the read.
+STALE_RETRIES = 5
+#: How long a batch keeps being retried while Redis is unreachable before the backfill fails.
+TRANSIENT_RETRY_SECONDS = 30.0
+PROBE_EVERY_SECONDS = 0.1
+PROGRESS_MIN_SECONDS = 0.5
+PROGRESS_MAX_SECONDS = 1.0
+PROGRESS_MAX_KEYS = 5000
+RATE_WINDOW_SECONDS = 5.0
+PAUSE_POLL_SECONDS = 0.25
+THROTTLED_EVENT_MIN_SECONDS = 2.0
+#: Under a rate limit a batch holds at most this many seconds of keys, so the rate holds smoothly.
+BATCH_SECONDS = 0.1
+#: A SCAN step asks for at most this many times the batch size, when few keys match.
+MAX_SCAN_FACTOR = 20
+
+
+class Fenced(Exception):
+    """Another run owns the backfill now (its lease expired here): stop without writing."""
+
+
+class _Stopping(Exception):
+    """This controller shuts down."""
+
+
+class _Cancelled(Exception):
+    """An operator cancelled the backfill."""
+
+
+class BackfillRunner:
+    def __init__(
+        self,
+        record: BackfillRecord,
+        *,
+        redis: Redis,
+        store: BackfillStore,
+        settings: Settings,
+        metrics: Metrics,
+        hub: EventHub,
+        lease: Lease | None,
+        first: tuple[pb.BackfillEventKind.ValueType, str],
+        keys: KeyLayout = KEYS,
+    ):
+        self.record = record
+        self.dry = record.options.dry_run
+        self.hub = hub
+        self._redis = redis
+        self._store = store
+        self._metrics = metrics
+        self._lease = lease
+        self._first = first
+        self._reader = BatchReader(redis, record.options.workspace_id, keys)
+        self._copier = BatchCopier(redis, keys)
+        self._brake = LatencyBrake(settings.backfill_latency_ceiling_seconds)
+        self._bucket = TokenBucket(0)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._rates: deque[tuple[float, int]] = deque()
+        self._last_progress = 0.0
+        self._keys_since_progress = 0
+        self._last_probe = 0.0
+        self._last_throttled = 0.0
+        self._unthrottled_base = 0.0
+        self._match_ratio = 1.0
+        self._start_fraction = scan_fraction(record.start_cursor)
+        self.task: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()
+
+    # --- requests from this controller -----------------------------------------------------
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"backfill {self.record.backfill_id}")
+
+    def poke(self, control: str | None = None, rate: float | None = None, batch: int | None = None) -> None:
+        """Apply an operator's request now (for an execute backfill it is also stored in Redis)."""
+        if control is not None:
+            self.record.control = control
+        if rate is not None:
+            self.record.rate_limit_now = rate
+        if batch is not None:
+            self.record.batch_size_now = batch
+        self._apply_rate()
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop after the current batch (the controller shuts down)."""
+        self._stopping = True
+        self._wake.set()
+        if self.task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), grace_seconds)
+        except (TimeoutError, asyncio.CancelledError):
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+    # --- the loop ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        ticker = asyncio.create_task(self._tick())
+        try:
+            self._publish(*self._first)
+            await self._loop()
+        except _Cancelled:
+            await self._end(CANCELLED, "cancelled by an operator")
+        except Fenced as exc:
+            log.warning("backfill taken over elsewhere", extra={"backfill_id": self.record.backfill_id})
+            self.record.reason = str(exc)
+            self.hub.detach()
+        except _Stopping:
+            await self._end_on_shutdown()
+        except asyncio.CancelledError:
+            self.hub.detach()
+            raise
+        except Exception as exc:
+            log.exception("backfill failed", extra={"backfill_id": self.record.backfill_id})
+            await self._end(FAILED, f"{type(exc).__name__}: {exc}"[:500])
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            if self._lease is not None:
+                await self._lease.release()
+            self.done.set()
+
+    async def _loop(self) -> None:
+        rec = self.record
+        self._apply_rate()
+        skip = (
+            frozenset(k.encode("utf-8", "surrogateescape") for k in rec.skip_keys)
+            if not rec.batches
+            else None
+        )
+        pending: asyncio.Task[Batch] | None = None
+        try:
+            while not rec.scan_done:
+                if await self._obey() and pending is not None:
+                    pending.cancel()  # paused: what it read may be old by now
+                    pending = None
+                if pending is None:
+                    pending = asyncio.create_task(self._read(rec.cursor, rec.counts.scanned, skip))
+                batch = await pending
+                pending = None
+                await self._bucket.take(batch.examined)
+                if not batch.last:
+                    ahead = rec.counts.scanned + len(batch.items)
+                    pending = asyncio.create_task(self._read(batch.cursor_to, ahead, None))
+                started = time.monotonic()
+                batch, reply = await self._apply(batch)
+                skip = None
+                self._record(batch, reply, time.monotonic() - started)
+                if rec.scan_done:
+                    break
+                await self._probe()
+                self._maybe_progress()
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
+        await self._complete()
+
+    async def _read(self, cursor: str, scanned_before: int, skip: frozenset[bytes] | None) -> Batch:
+        max_keys = self.record.options.max_keys
+        limit = max(0, max_keys - scanned_before) if max_keys else None
+        size = self._batch_size()
+        count = max(1, min(int(size / self._match_ratio), size * MAX_SCAN_FACTOR))
+        if limit is not None:
+            count = max(1, min(count, int(limit / self._match_ratio) + 1))
+        batch = await self._reader.read(cursor, count, skip or frozenset(), limit)
+        if batch.cursor_to != "0":
+            # The share of keys that are legacy records, so the next step asks for about a batch of them.
+            share = max(batch.returned / count, 0.01)
+            self._match_ratio = min(1.0, 0.5 * self._match_ratio + 0.5 * share)
+        return batch
+
+    async def _apply(self, batch: Batch) -> tuple[Batch, CopyReply]:
+        for _ in range(STALE_RETRIES + 1):
+            if self.dry:
+                reply = await self._copier.decide(batch, self.record.backfill_id)
+            else:
+                reply = await self._copy(batch)
+            if reply.status == "OK":
+                return batch, reply
+            if reply.status == "FENCED":
+                raise Fenced("another controller took the backfill over")
+            batch = await self._reader.reread(batch)
+        raise RuntimeError(f"the legacy records of a batch kept changing during {STALE_RETRIES + 1} copies")
+
+    async def _copy(self, batch: Batch) -> CopyReply:
+        rec = self.record
+        before = rec.batches
+        fields = self._checkpoint(batch)
+        deadline = time.monotonic() + TRANSIENT_RETRY_SECONDS
+        uncertain = False
+        while True:
+            try:
+                reply = await self._copier.copy(batch, rec.backfill_id, rec.token, before, fields)
+            except TRANSIENT_STORE_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("backfill batch retried: %s", type(exc).__name__)
+                uncertain = True
+                await asyncio.sleep(0.5)
+                continue
+            if reply.status == "FENCED" and uncertain:
+                # The connection dropped after the batch went through: take its counts from Redis.
+                stored = await self._store.load(rec.backfill_id)
+                if stored is not None and stored.token == rec.token and stored.batches == before + 1:
+                    rec.invalid_ids = stored.invalid_ids
+                    return CopyReply(
+                        "OK",
+                        "",
+                        {name: getattr(stored.counts, name) for name in COUNT_FIELDS},
+                        stored.control,
+                        stored.rate_limit_now,
+                        stored.batch_size_now,
+                    )
+            return reply
+
+    def _stop_point(self, batch: Batch) -> tuple[str, list[str]] | None:
+        """Where a continuation resumes when max_keys ends the scan in this batch, else None."""
+        if not batch.limit_reached or (batch.cursor_to == "0" and not batch.cut):
+            return None
+        if not batch.cut:
+            return batch.cursor_to, []
+        done = batch.skipped_keys + batch.done_keys
+        return batch.cursor_from, [k.decode("utf-8", "surrogateescape") for k in done]
+
+    def _checkpoint(self, batch: Batch) -> dict[str, str]:
+        scanned_after = self.record.counts.scanned + len(batch.items)
+        fields = {
+            "cursor": batch.cursor_to,
+            "update_time": codec.now_iso(),
+            "rate": repr(self._rate_with(scanned_after)),
+            "total_estimate": str(self._estimate(batch.cursor_to, scanned_after)),
+        }
+        if batch.last:
+            fields["scan_done"] = "1"
+            stop = self._stop_point(batch)
+            if stop is not None:
+                fields["max_keys_reached"] = "1"
+                fields["resume_cursor"] = stop[0]
+                fields["resume_skip"] = json.dumps(stop[1])
+        return fields
+
+    def _record(self, batch: Batch, reply: CopyReply, seconds: float) -> None:
+        rec = self.record
+        rec.cursor = batch.cursor_to
+        rec.batches += 1
+        rec.update_time = codec.now_iso()
+        if self.dry:
+            rec.counts.add_outcomes(reply.outcomes, batch.filtered)
+        else:
+            rec.counts = Counts(**{name: reply.counts.get(name, 0) for name in COUNT_FIELDS})
+            if reply.control != rec.control:
+                rec.control = reply.control
+            if reply.rate_limit_now is not None and reply.rate_limit_now != rec.rate_limit_now:
+                rec.rate_limit_now = reply.rate_limit_now
+                self._apply_rate()
+            if reply.batch_size_now:
+                rec.batch_size_now = reply.batch_size_now
+        for item, outcome in zip(batch.items, reply.outcomes, strict=False):
+            if outcome == "i" and len(rec.invalid_ids) < INVALID_IDS_KEPT:
+                rec.invalid_ids.append(item.job_id)
+        now = time.monotonic()
+        self._rates.append((now, rec.counts.scanned))
+        while len(self._rates) > 2 and now - self._rates[0][0] > RATE_WINDOW_SECONDS:
+            self._rates.popleft()
+        rec.rate = self._rate_with(rec.counts.scanned)
+        rec.total_estimate = self._estimate(batch.cursor_to, rec.counts.scanned)
+        if batch.last:
+            rec.scan_done = True
+            stop = self._stop_point(batch)
+            if stop is not None:
+                rec.max_keys_reached = True
+                rec.resume_cursor, rec.resume_skip = stop
+        self._keys_since_progress += batch.examined
+        if not self.dry and reply.outcomes:
+            self._count_metrics(batch, reply.outcomes, seconds)
+
+    def _count_metrics(self, batch: Batch, outcomes: str, seconds: float) -> None:
+        m = self._metrics
+        labels: dict[str, str] = {}
+        tally: Counter[tuple[str, str]] = Counter()
+        for item, outcome in zip(batch.items, outcomes, strict=True):
+            label = labels.get(item.workspace_id)
+            if label is None:
+                label = labels[item.workspace_id] = m.ws(item.workspace_id)
+            tally[(label, outcome)] += 1
+        for (label, outcome), n in tally.items():
+            ws = {"workspace_id": label}
+            m.backfill_scanned.add(n, ws)
+            if outcome == "m":
+                m.backfill_migrated.add(n, ws)
+            elif outcome == "x":
+                m.backfill_errors.add(n, ws)
+            else:
+                m.backfill_skipped.add(n, {**ws, "reason": SKIP_REASON_OF_OUTCOME[outcome]})
+        m.backfill_duration.record(seconds)
+
+    # --- rate, estimate, latency brake -------------------------------------------------------
+    def _rate_with(self, scanned: int) -> float:
+        if not self._rates:
+            return self.record.rate
+        t0, s0 = self._rates[0]
+        span = time.monotonic() - t0
+        return (scanned - s0) / span if span >= 0.2 else self.record.rate
+
+    def _estimate(self, cursor: str, scanned: int) -> int:
+        """Legacy keys to scan in all, extrapolated from the share of the keyspace covered so far."""
+        covered = (1.0 if cursor == "0" else scan_fraction(cursor)) - self._start_fraction
+        if covered >= 0.002:
+            return int(scanned * (1.0 - self._start_fraction) / covered)
+        return max(self.record.total_estimate, scanned)
+
+    def _effective_rate(self) -> float:
+        rate = self.record.rate_limit_now
+        if self._brake.factor < 1.0:
+            rate = (rate or self._unthrottled_base or 1000.0) * self._brake.factor
+        return rate
+
+    def _batch_size(self) -> int:
+        size = self.record.batch_size_now
+        rate = self._effective_rate()
+        if rate > 0:
+            size = min(size, max(1, int(rate * BATCH_SECONDS)))
+        return size
+
+    def _apply_rate(self) -> None:
+        rate = self._effective_rate()
+        if rate != self._bucket.rate:
+            self._bucket.set_rate(rate)
+
+    async def _probe(self) -> None:
+        """Time a PING between batches; above the ceiling, slow down and say so."""
+        now = time.monotonic()
+        if self._brake.ceiling <= 0 or now - self._last_probe < PROBE_EVERY_SECONDS:
+            return
+        self._last_probe = now
+        await self._redis.ping()
+        latency = time.monotonic() - now
+        before = self._brake.factor
+        tightened = self._brake.observe(latency)
+        if before == 1.0 and self._brake.factor < 1.0 and not self.record.rate_limit_now:
+            self._unthrottled_base = max(self.record.rate, 100.0)
+        if self._brake.factor != before:
+            self._apply_rate()
+        if not tightened:
+            return
+        if before == self._brake.factor and now - self._last_throttled < THROTTLED_EVENT_MIN_SECONDS:
+            return
+        self._last_throttled = now
+        rec = self.record
+        reason = (
+            f"Redis answered in {latency * 1000:.1f} ms, above the {self._brake.ceiling * 1000:g} ms "
+            f"latency ceiling: slowing to {self._effective_rate():,.0f} keys/s"
+        )
+        rec.throttle_seq += 1
+        rec.throttle_reason = reason
+        if not self.dry:
+            await self._write({"throttle_seq": str(rec.throttle_seq), "throttle_reason": reason})
+        self._publish(pb.BACKFILL_EVENT_KIND_THROTTLED, reason)
+
+    # --- operator requests -------------------------------------------------------------------
+    async def _obey(self) -> bool:
+        """Raise to stop or cancel; wait while paused (True when it did)."""
+        self._check_stop()
+        if self.record.control != "pause":
+            return False
+        rec = self.record
+        await self._set_state(PAUSED, "paused by an operator")
+        self._publish(pb.BACKFILL_EVENT_KIND_PAUSED, rec.reason)
+        self._rates.clear()
+        rec.rate = 0.0
+        while True:
+            self._wake.clear()
+            self._check_stop()
+            if rec.control != "pause":
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), PAUSE_POLL_SECONDS)
+            if not self.dry:
+                control, rate, batch = await self._store.controls(rec.backfill_id)
+                self.poke(control, rate, batch)
+        await self._set_state(RUNNING, "resumed by an operator")
+        self._publish(pb.BACKFILL_EVENT_KIND_RESUMED, rec.reason)
+        return True
+
+    def _check_stop(self) -> None:
+        if self._stopping:
+            raise _Stopping
+        if self._lease is not None and self._lease.lost.is_set():
+            raise Fenced("the backfill lease was lost")
+        if self.record.control == "cancel":
+            raise _Cancelled
+
+    async def _set_state(self, state: str, reason: str) -> None:
+        rec = self.record
+        rec.state, rec.reason, rec.update_time = state, reason, codec.now_iso()
+        if not self.dry:
+            await self._write({"state": state, "reason": reason, "update_time": rec.update_time})
+
+    async def _write(self, values: dict[str, str], indexed_by: str = "") -> None:
+        if not await self._store.write(self.record.backfill_id, self.record.token, values, indexed_by):
+            raise Fenced("another controller took the backfill over")
+
+    # --- endings -----------------------------------------------------------------------------
+    async def _complete(self) -> None:
+        rec = self.record
+        options = rec.options
+        scope = f" of workspace {options.workspace_id}" if options.workspace_id else ""
+        if rec.max_keys_reached:
+            reason = (
+                f"stopped at max_keys={options.max_keys}; the next execute backfill{scope} continues here"
+            )
+        else:
+            reason = f"scanned every legacy key{scope}"
+        # The whole scope was scanned and every record placed: the stage rules may rely on it, and after a
+        # scan of every workspace JobService may stop listing legacy keys (see backfill_engine).
+        complete = not self.dry and rec.covers_scope and not rec.max_keys_reached and rec.counts.errors == 0
+        indexed = complete and not options.workspace_id
+        if indexed:
+            reason += "; every legacy record is now in its workspace index"
+        now = codec.now_iso()
+        rec.state, rec.reason, rec.end_time, rec.update_time = COMPLETED, reason, now, now
+        if not self.dry:
+            values = {"state": COMPLETED, "reason": reason, "end_time": now, "update_time": now}
+            await self._write(values, indexed_by=rec.backfill_id if indexed else "")
+        if complete:
+            try:
+                await record_backfill_completed(
+                    self._redis, options.workspace_id, rec.scan_started or rec.create_time, rec.backfill_id
+                )
+            except Exception as exc:  # the stage rules then ask for another backfill: safe, if slower
+                log.warning("backfill completion not recorded as a migration fact: %s", type(exc).__name__)
+        self._publish(pb.BACKFILL_EVENT_KIND_COMPLETED, reason)
+
+    async def _end(self, state: str, reason: str) -> None:
+        rec = self.record
+        now = codec.now_iso()
+        if not self.dry:
+            try:
+                await self._write({"state": state, "reason": reason, "end_time": now, "update_time": now})
+            except Fenced:
+                self.hub.detach()
+                return
+            except Exception as exc:  # Redis away: the state stays RUNNING there, and will be resumed
+                log.warning("backfill end not recorded: %s", type(exc).__name__)
+                self.hub.detach()
+                return
+        rec.state, rec.reason, rec.end_time, rec.update_time = state, reason, now, now
+        kind = pb.BACKFILL_EVENT_KIND_CANCELLED if state == CANCELLED else pb.BACKFILL_EVENT_KIND_FAILED
+        self._publish(kind, reason)
+
+    async def _end_on_shutdown(self) -> None:
+        rec = self.record
+        if self.dry:
+            await self._end(CANCELLED, "its controller shut down (a dry run keeps no checkpoint)")
+            return
+        if rec.state == RUNNING:
+            reason = "its controller shut down; another controller resumes it from the checkpoint"
+            with contextlib.suppress(Exception):
+                await self._set_state(ORPHANED, reason)
+        self.hub.detach()
+
+    # --- events ------------------------------------------------------------------------------
+    def _publish(self, kind: pb.BackfillEventKind.ValueType, reason: str = "") -> None:
+        self._last_progress = time.monotonic()
+        self._keys_since_progress = 0
+        if kind == pb.BACKFILL_EVENT_KIND_PROGRESS and not self.hub.watchers:
+            return
+        self.hub.publish(make_event(self.record, kind, reason))
+
+    def _maybe_progress(self) -> None:
+        waited = time.monotonic() - self._last_progress
+        if (
+            waited >= PROGRESS_MIN_SECONDS
+            or self._keys_since_progress + self._batch_size() > PROGRESS_MAX_KEYS
+        ):
+            self._publish(pb.BACKFILL_EVENT_KIND_PROGRESS)
+
+    async def _tick(self) -> None:
+        """Progress at least every second, also while a batch waits on the rate limit or a slow Redis."""
+        while True:
+            await asyncio.sleep(PROGRESS_MAX_SECONDS / 4)
+            if (
+                self.record.state == RUNNING
+                and time.monotonic() - self._last_progress >= PROGRESS_MAX_SECONDS
+            ):
+                self._publish(pb.BACKFILL_EVENT_KIND_PROGRESS)

@@ -1,0 +1,85 @@
+"""ReverseCopy: bring the legacy layout up to date from the new one, so a rollback loses nothing.
+
+Every new-layout record (``ai:job:*``, or one workspace's) whose legacy copy is missing or has a lower
+``rev`` is copied back whole by ``REVERSE_COPY``, one atomic script per batch. It never overwrites a
+newer legacy record, a legacy key of another workspace or one that is not a hash, nor a legacy record with
+the same ``rev`` and other data; those are counted, and a run that met the last two is not *complete*, so
+the stage rules do not accept it for a rollback.
+
+It may run in any stage (the legacy copy only ever catches up to the revision JobService would serve),
+but not beside a backfill, which copies the other way, nor beside another operation.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from relay.controller.migration_facts import record_reverse_copy_completed
+from relay.controller.operation import backfill_running, refuse_while_backfill_runs
+from relay.controller.sweep import Sweep, SweepRun
+from relay.core.codec import DATA_FIELDS
+from relay.core.ids import is_job_id, is_workspace_id
+from relay.core.keys import KEYS, NEW_JOB_PATTERN, KeyLayout
+from relay.core.scripts import REVERSE_COPY
+
+OUTCOMES = {
+    "copied": "done",
+    "unchanged": "unchanged",
+    "legacy_newer": "kept_legacy_newer",
+    "differing": "kept_differing",
+    "invalid": "kept_invalid",
+}
+
+
+class ReverseCopier(Sweep):
+    kind = "reverse-copy"
+
+    def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
+        super().__init__(redis, keys)
+        self._copy = redis.register_script(REVERSE_COPY)
+
+    @property
+    def current_key(self) -> str:
+        return self._keys.reverse_copy_current
+
+    @property
+    def last_key(self) -> str:
+        return self._keys.reverse_copy_last
+
+    async def preconditions(self, run: SweepRun) -> None:
+        await refuse_while_backfill_runs(self._redis, "a reverse copy")
+
+    async def stop_reason(self, run: SweepRun) -> str:
+        holder = await backfill_running(self._redis)
+        return f"a backfill started ({holder}); resume once it is over" if holder else ""
+
+    async def finished(self, run: SweepRun) -> None:
+        complete = run.kept_differing == 0 and run.kept_invalid == 0 and run.errors == 0
+        await record_reverse_copy_completed(
+            self._redis, run.workspace_id, run.started_at, run.ended_at, run.operation_id, complete
+        )
+
+    async def step(self, run: SweepRun) -> int:
+        pattern = self._keys.new_job(run.workspace_id, "*") if run.workspace_id else NEW_JOB_PATTERN
+        cursor, keys = await self._redis.scan(run.cursor, match=pattern, count=run.batch_size)
+        run.scanned += len(keys)
+        script_keys: list[str] = []
+        args: list[str] = ["1" if run.dry_run else "0", str(len(DATA_FIELDS)), *DATA_FIELDS]
+        for key in keys:
+            name = key.decode("utf-8", "replace")
+            workspace_id, job_id = self._keys.parse_new_job(name)
+            if not (is_workspace_id(workspace_id) and is_job_id(job_id)):
+                continue  # not a job record of ours
+            if run.workspace_id and workspace_id != run.workspace_id:
+                continue
+            script_keys += [name, self._keys.legacy_job(job_id)]
+            args += [workspace_id, job_id]
+        if script_keys:
+            for outcome in await self._copy(keys=script_keys, args=args):
+                counter = OUTCOMES.get(outcome.decode())
+                if counter:
+                    setattr(run, counter, getattr(run, counter) + 1)
+        run.cursor = int(cursor)
+        if run.cursor == 0:
+            run.phase = "done"
+        return len(keys)

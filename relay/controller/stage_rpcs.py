@@ -1,0 +1,98 @@
+"""GetStage and SetStage: the migration stage of the global default or of one workspace."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from relay.controller.base import ControllerBase
+from relay.controller.stage_control import ScopeStage, StageControl
+from relay.controller.stage_rules import RuleLimits
+from relay.core.codec import parse_time
+from relay.core.config import Settings
+from relay.core.errors import InvalidArgument
+from relay.core.ids import check_workspace_id
+from relay.core.rpc_errors import rpc_method
+from relay.core.stages import Stage
+from relay.v1 import stage_pb2
+
+log = logging.getLogger("relay.stages")
+
+
+def rule_limits(settings: Settings) -> RuleLimits:
+    return RuleLimits(settings.stage_settle_seconds, settings.verification_max_age_seconds)
+
+
+def _stamp(target: timestamp_pb2.Timestamp, seconds: float) -> None:
+    if seconds > 0:
+        target.FromMicroseconds(round(seconds * 1e6))
+
+
+def setting_proto(scope: ScopeStage) -> stage_pb2.StageSetting:
+    setting, history = scope.setting, scope.history
+    message = stage_pb2.StageSetting(
+        workspace_id=scope.workspace_id,
+        stage=int(setting.stage),
+        shadow_reads=setting.shadow_reads,
+        inherited=scope.inherited,
+        version=setting.version,
+        source=setting.source,
+    )
+    updated = parse_time(setting.updated_at)
+    if updated is not None:
+        message.update_time.FromDatetime(updated)
+    _stamp(message.enter_time, history.entered_at)
+    _stamp(message.new_writes_start_time, history.new_writes_since)
+    _stamp(message.legacy_writes_stop_time, history.legacy_writes_stopped_at)
+    _stamp(message.legacy_writes_resume_time, history.legacy_writes_resumed_at)
+    return message
+
+
+def _workspace(value: str) -> str:
+    return check_workspace_id(value) if value else ""
+
+
+class StageRpcs(ControllerBase):
+    @functools.cached_property
+    def stage_control(self) -> StageControl:
+        settings = self.parts.settings
+        return StageControl(self.parts.redis, settings.default_stage, rule_limits(settings))
+
+    @rpc_method
+    async def GetStage(
+        self, request: stage_pb2.GetStageRequest, context: grpc.aio.ServicerContext
+    ) -> stage_pb2.GetStageResponse:
+        await self._admin(context)
+        scope = await self.stage_control.get(_workspace(request.workspace_id))
+        return stage_pb2.GetStageResponse(setting=setting_proto(scope))
+
+    @rpc_method
+    async def SetStage(
+        self, request: stage_pb2.SetStageRequest, context: grpc.aio.ServicerContext
+    ) -> stage_pb2.SetStageResponse:
+        await self._admin(context)
+        workspace_id = _workspace(request.workspace_id)
+        if request.clear_override:
+            if not workspace_id:
+                raise InvalidArgument("workspace_id", "is required to clear an override")
+            if request.stage != stage_pb2.STAGE_UNSPECIFIED or request.shadow_reads:
+                raise InvalidArgument("stage", "must be unset when clear_override is true")
+            new, previous = await self.stage_control.clear_override(workspace_id)
+        else:
+            if request.stage not in Stage._value2member_map_:
+                raise InvalidArgument("stage", "must be one of STAGE_LEGACY_ONLY .. STAGE_LEGACY_CLEANED")
+            stage = Stage(request.stage)
+            if request.shadow_reads and stage is not Stage.READ_NEW:
+                raise InvalidArgument("shadow_reads", "applies only to STAGE_READ_NEW")
+            new, previous = await self.stage_control.set(workspace_id, stage, request.shadow_reads)
+        log.info(
+            "stage changed",
+            extra={
+                "workspace_id": workspace_id or "*",
+                "stage": f"{previous.setting.stage.name} -> {new.setting.stage.name}",
+            },
+        )
+        return stage_pb2.SetStageResponse(setting=setting_proto(new), previous=setting_proto(previous))

@@ -1,0 +1,228 @@
+"""The loop that cleanup and reverse copy share: batches over the keyspace, checkpointed and resumable.
+
+An execute run takes the operation lease, saves its state after every batch under its ``current`` key
+(``resume`` continues from there, also after its controller died), and stores its result under its
+``last`` key. A dry run takes no lease and writes nothing at all, so it cannot be resumed.
+Between batches a run stops (``stopped``, resumable) when its lease is lost, when ``max_keys`` keys were
+examined, or when the engine says so (a backfill started, the stage changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+
+from redis.asyncio import Redis
+
+from relay.controller.lease import Lease
+from relay.controller.migration_facts import redis_now
+from relay.controller.operation import new_operation_id, take_operation_lease
+from relay.controller.throttle import TokenBucket
+from relay.core.errors import FailedPrecondition, InvalidArgument
+from relay.core.keys import KEYS, KeyLayout
+
+DEFAULT_BATCH = 1000
+
+
+@dataclass
+class SweepRun:
+    """The state of one cleanup or reverse copy; ``done`` counts keys deleted or records copied."""
+
+    operation_id: str
+    dry_run: bool = False
+    workspace_id: str = ""
+    rate_limit: float = 0.0
+    batch_size: int = DEFAULT_BATCH
+    max_keys: int = 0
+    state: str = "running"  # running | completed | failed | stopped
+    phase: str = "jobs"
+    cursor: int = 0
+    scanned: int = 0
+    done: int = 0
+    unchanged: int = 0
+    kept_missing_new: int = 0
+    kept_legacy_newer: int = 0
+    kept_invalid: int = 0
+    kept_differing: int = 0
+    kept_pending: int = 0
+    queue_entries_removed: int = 0
+    idempotency_deleted: int = 0
+    errors: int = 0
+    rate: float = 0.0
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    total_estimate: int = 0
+    reason: str = ""
+
+    @property
+    def percent_done(self) -> float:
+        if self.state == "completed":
+            return 100.0
+        if self.total_estimate <= 0:
+            return 0.0
+        return min(99.9, 100.0 * self.scanned / self.total_estimate)
+
+    @property
+    def kept_valid(self) -> int:
+        """Valid records left behind that the operation exists to handle."""
+        return (
+            self.kept_missing_new
+            + self.kept_legacy_newer
+            + self.kept_differing
+            + self.kept_pending
+            + self.errors
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SweepRun:
+        return cls(**json.loads(text))
+
+
+class Sweep:
+    """One kind of sweep; subclasses name their keys and phases and handle one batch."""
+
+    kind = "sweep"
+    phases: tuple[str, ...] = ("jobs",)
+
+    def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
+        self._redis = redis
+        self._keys = keys
+
+    # --- what a subclass provides -------------------------------------------------------------
+    @property
+    def current_key(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def last_key(self) -> str:
+        raise NotImplementedError
+
+    async def preconditions(self, run: SweepRun) -> None:
+        """Raise FailedPrecondition when an execute may not start."""
+
+    async def stop_reason(self, run: SweepRun) -> str:
+        """Checked between the batches of an execute run: a reason to stop, or ''."""
+        return ""
+
+    async def step(self, run: SweepRun) -> int:
+        """Handle one batch of the current phase; advance ``run.phase`` when it is over. Returns keys seen."""
+        raise NotImplementedError
+
+    async def finished(self, run: SweepRun) -> None:
+        """Record what a completed execute run establishes."""
+
+    # --- the loop ----------------------------------------------------------------------------
+    async def last(self) -> SweepRun | None:
+        raw = await self._redis.get(self.last_key)
+        return SweepRun.from_json(raw) if raw else None
+
+    async def prepare(
+        self,
+        *,
+        dry_run: bool,
+        workspace_id: str,
+        rate_limit: float,
+        batch_size: int,
+        max_keys: int,
+        resume: bool,
+    ) -> SweepRun:
+        for name, value in (("rate_limit", rate_limit), ("batch_size", batch_size), ("max_keys", max_keys)):
+            if value < 0:
+                raise InvalidArgument(name, "must not be negative")
+        if not resume:
+            return SweepRun(
+                new_operation_id(self.kind),
+                dry_run=dry_run,
+                workspace_id=workspace_id,
+                rate_limit=rate_limit,
+                batch_size=batch_size or DEFAULT_BATCH,
+                max_keys=max_keys,
+                phase=self.phases[0],
+                started_at=await redis_now(self._redis),
+                total_estimate=await self._redis.dbsize(),
+            )
+        if dry_run:
+            raise InvalidArgument("dry_run", "a dry run stores no checkpoint, so it cannot be resumed")
+        raw = await self._redis.get(self.current_key)
+        if not raw:
+            raise FailedPrecondition(
+                f"there is no unfinished {self.kind} to resume", reason="NOTHING_TO_RESUME"
+            )
+        run = SweepRun.from_json(raw)
+        if workspace_id and workspace_id != run.workspace_id:
+            raise InvalidArgument("workspace_id", f"must be empty or {run.workspace_id!r} to resume")
+        run.rate_limit = rate_limit or run.rate_limit
+        run.batch_size = batch_size or run.batch_size
+        run.max_keys = run.scanned + max_keys if max_keys else 0
+        return run
+
+    async def run(self, run: SweepRun) -> AsyncIterator[tuple[str, SweepRun]]:
+        """Yields ("started" | "progress" | "completed" | "stopped" | "failed", the run's state)."""
+        lease: Lease | None = None
+        if not run.dry_run:
+            await self.preconditions(run)
+            lease = await take_operation_lease(self._redis, run.operation_id)
+        else:
+            try:
+                await self.preconditions(run)
+            except FailedPrecondition as refusal:
+                run.reason = f"dry run; an execute would be refused now: {refusal.message}"
+        try:
+            run.state = "running"
+            await self._save(run)
+            yield "started", run
+            bucket = TokenBucket(run.rate_limit)
+            began, scanned_before = time.monotonic(), run.scanned
+            while run.phase != "done":
+                reason = await self._stop_reason(run, lease)
+                if reason:
+                    run.state, run.reason = "stopped", reason
+                    await self._save(run)
+                    yield "stopped", run
+                    return
+                seen = await self.step(run)
+                await bucket.take(seen)
+                run.rate = (run.scanned - scanned_before) / max(time.monotonic() - began, 1e-6)
+                await self._save(run)
+                yield "progress", run
+            run.state, run.ended_at = "completed", await redis_now(self._redis)
+            if not run.dry_run:
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.set(self.last_key, run.to_json())
+                pipe.delete(self.current_key)
+                await pipe.execute()
+                await self.finished(run)
+            yield "completed", run
+        except (asyncio.CancelledError, GeneratorExit):
+            run.state, run.reason = "stopped", "the caller went away; resume to continue"
+            with contextlib.suppress(Exception):
+                await self._save(run)
+            raise
+        except Exception as exc:
+            run.state, run.reason = "failed", f"{type(exc).__name__}; resume to continue"
+            with contextlib.suppress(Exception):
+                await self._save(run)
+            raise
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    async def _stop_reason(self, run: SweepRun, lease: Lease | None) -> str:
+        if run.max_keys and run.scanned >= run.max_keys:
+            return f"examined {run.scanned} keys (max_keys); resume to continue"
+        if lease is None:
+            return ""
+        if lease.lost.is_set():
+            return "lost the operation lease; resume to continue"
+        return await self.stop_reason(run)
+
+    async def _save(self, run: SweepRun) -> None:
+        if not run.dry_run:
+            await self._redis.set(self.current_key, run.to_json())

@@ -1,0 +1,83 @@
+"""Redis call latency: ``relay_redis_duration_seconds{command, result}`` for one client.
+
+Every single command (Lua scripts arrive as EVALSHA) and every pipeline (``PIPELINE``, or ``MULTI`` for a
+transaction) of the client is timed from the call to the reply. redis-py's own OpenTelemetry support is
+bound to the process-global MeterProvider and is not in every version we accept, so the client's two
+entry points are wrapped instead: a perf_counter pair and one histogram record with a cached attribute
+dict per call. Only the command name becomes a label, never a key or an argument.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from relay.core.telemetry import OTHER, Metrics
+
+#: Distinct command labels at most; Relay issues a few dozen commands, anything beyond is "other".
+MAX_COMMANDS = 64
+_MARK = "_relay_observed"
+
+
+class _Labels:
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Any, bool], dict[str, str]] = {}
+
+    def of(self, command: Any, ok: bool) -> dict[str, str]:
+        attributes = self._cache.get((command, ok))
+        if attributes is None:
+            name = command.decode("ascii", "replace") if isinstance(command, bytes) else str(command)
+            known = name.replace(" ", "").isalpha() and len(self._cache) < MAX_COMMANDS * 2
+            attributes = {"command": name.upper() if known else OTHER, "result": "ok" if ok else "error"}
+            if len(self._cache) < MAX_COMMANDS * 4:
+                self._cache[(command, ok)] = attributes
+        return attributes
+
+
+def observe_redis(redis: Redis, metrics: Metrics) -> Redis:
+    """Time ``redis``'s commands and pipelines into ``metrics``; calling it twice changes nothing."""
+    if getattr(redis, _MARK, False):
+        return redis
+    record = metrics.redis_duration.record
+    labels = _Labels()
+    execute_command = redis.execute_command
+    make_pipeline = redis.pipeline
+
+    async def timed_command(*args: Any, **options: Any) -> Any:
+        start = time.perf_counter()
+        ok = False
+        try:
+            reply = await execute_command(*args, **options)
+            ok = True
+            return reply
+        finally:
+            record(time.perf_counter() - start, labels.of(args[0] if args else OTHER, ok))
+
+    def pipeline(transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = make_pipeline(transaction, shard_hint)
+        pipe.execute = _timed_execute(pipe.execute, "MULTI" if transaction else "PIPELINE", record, labels)
+        return pipe
+
+    redis.execute_command = timed_command  # type: ignore[method-assign]
+    redis.pipeline = pipeline  # type: ignore[method-assign]
+    setattr(redis, _MARK, True)
+    return redis
+
+
+def _timed_execute(
+    execute: Callable[..., Any], name: str, record: Callable[..., None], labels: _Labels
+) -> Callable[..., Any]:
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        ok = False
+        try:
+            replies = await execute(*args, **kwargs)
+            ok = True
+            return replies
+        finally:
+            record(time.perf_counter() - start, labels.of(name, ok))
+
+    return timed

@@ -1,0 +1,20 @@
+"""relayctl stage: shows and changes stages, and reports a refused move with its reason."""
+
+from __future__ import annotations
+
+from relay.core.stages import Stage
+from tests.migration_testkit import relayctl
+
+
+async def test_stage_get_set_and_a_refusal_through_the_cli(start_relay, keys):
+    relay = await start_relay(stage=Stage.LEGACY_ONLY)
+    admin = keys.raw["admin"]
+    code, out, _ = await relayctl(relay.target, admin, "stage", "get")
+    assert code == 0 and "LEGACY_ONLY" in out and "environment" in out
+    code, out, _ = await relayctl(relay.target, admin, "stage", "set", "dual-write", "--workspace", "ws-a")
+    assert (code, out.strip()) == (0, "workspace ws-a: LEGACY_ONLY -> DUAL_WRITE, version 1")
+    code, _, err = await relayctl(relay.target, admin, "stage", "set", "READ_NEW", "--workspace", "ws-a")
+    assert code == 3
+    assert err.startswith("error: FAILED_PRECONDITION [BACKFILL_REQUIRED]: workspace ws-a began dual-write")
+    code, _, err = await relayctl(relay.target, admin, "stage", "set", "sideways")
+    assert code == 2 and "legacy-only, dual-write" in err
