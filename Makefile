@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/relay/v1/*.proto)
 GEN_STAMP := relay/v1/.generated
 
-.PHONY: run test lint gen buf-lint system-tools bench load chaos clean
+.PHONY: run test lint gen buf-lint ops-lint system-tools bench load chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ node_modules/.bin/buf:
 buf-lint: node_modules/.bin/buf
 	node_modules/.bin/buf lint
 
-lint: gen buf-lint
+# Alert rules: checked and unit-tested by promtool (Debian's prometheus package, installed when missing).
+ops-lint:
+	bash ops/ensure-prometheus.sh
+	promtool check rules ops/prometheus/alerts.yml
+	promtool test rules ops/prometheus/alerts_test.yml ops/prometheus/alerts_stalled_test.yml
+
+lint: gen buf-lint ops-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

@@ -32,18 +32,26 @@ class Benchmark:
     name: str
     module: str
     title: str
-    #: Arguments for a full run, given only when the module's --help lists the flag.
+    #: Arguments for a full run and for --quick (when the module has no --quick of its own); each flag is
+    #: passed only when the module's --help lists it.
     full_args: tuple[str, ...] = ()
+    quick_args: tuple[str, ...] = ()
 
 
 BENCHMARKS = (
     Benchmark("jobs", "bench.bench_jobs", "JobService: real vs no-op handler, ListJobs at scale"),
-    Benchmark("backfill", "bench.bench_backfill", "MigrationController: backfill"),
+    Benchmark(
+        "backfill",
+        "bench.bench_backfill",
+        "MigrationController: backfill",
+        quick_args=("--keys", "20000", "--latency-seconds", "1"),
+    ),
     Benchmark(
         "load",
         "bench.load",
         "Load test: backfill rate and JobService p99 over time (plot)",
         full_args=("--duration", "120"),
+        quick_args=("--duration", "20"),
     ),
 )
 
@@ -77,10 +85,10 @@ def accepted_flags(module: str) -> set[str]:
 
 
 def arguments(bench: Benchmark, quick: bool, flags: set[str]) -> list[str]:
-    if quick:
-        return ["--quick"] if "--quick" in flags else []
+    if quick and "--quick" in flags:
+        return ["--quick"]
     args: list[str] = []
-    pairs = list(bench.full_args)
+    pairs = list(bench.quick_args if quick else bench.full_args)
     while pairs:
         flag = pairs.pop(0)
         value = pairs.pop(0) if pairs and not pairs[0].startswith("--") else None

@@ -228,7 +228,7 @@ async def test_a_message_beyond_the_size_limit_is_resource_exhausted(world):
     await unchanged(world, before)
 
 
-@pytest.mark.parametrize("depth", [49, 60, 5000])
+@pytest.mark.parametrize("depth", [34, 60, 5000])
 async def test_params_nested_beyond_the_protobuf_limit_are_invalid_argument(world, depth):
     before = await world.digest()
     outcome = await call_raw(world.channel, RPC["Execute"], deeply_nested_params(depth), world.md("ws_a"))
@@ -237,7 +237,7 @@ async def test_params_nested_beyond_the_protobuf_limit_are_invalid_argument(worl
 
 
 async def test_params_nested_within_the_limit_are_stored_and_served(world):
-    reply = await call_raw(world.channel, RPC["Execute"], deeply_nested_params(40), world.md("ws_a"))
+    reply = await call_raw(world.channel, RPC["Execute"], deeply_nested_params(30), world.md("ws_a"))
     assert reply.code == grpc.StatusCode.OK
     job_id = pb.ExecuteResponse.FromString(reply.replies[0]).job_ids[0]
     got = await call(world.channel, pb.GetJobRequest(job_id=job_id), world.md("ws_a"))
@@ -246,7 +246,7 @@ async def test_params_nested_within_the_limit_are_stored_and_served(world):
     depth = 0
     while params:
         params, depth = params["a"], depth + 1
-    assert depth == 40
+    assert depth == 30
 
 
 # --- JobService ------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ async def test_execute_writes_the_layouts_and_queue_the_stage_says(start_relay, 
         assert LEGACY_FIELDS <= set(fields), "every field the old system wrote, for its readers"
         assert fields["status"] == "pending"
         assert fields["workspace_id"] == "ws-a"
-        assert fields["params"] == '{"n":2.0,"prompt":"hi"}'
+        assert fields["params"] == '{"n":2,"prompt":"hi"}'
         assert fields["result"] == ""
         assert codec.parse_time(fields["enqueued_at"]) is not None
     if legacy and new:

@@ -16,7 +16,16 @@ from redis.exceptions import ResponseError
 from relay.core.config import Settings
 from relay.core.stage_store import write_stage
 from relay.core.stages import Stage, StageSetting
-from relay.core.telemetry import OTHER, BackfillGauges, Metrics, WorkspaceLabels, build_metrics, serve_metrics
+from relay.core.telemetry import (
+    CANDIDATE_WINDOW,
+    OTHER,
+    PROMOTE_AFTER,
+    BackfillGauges,
+    Metrics,
+    WorkspaceLabels,
+    build_metrics,
+    serve_metrics,
+)
 from relay.v1 import job_service_pb2 as pb
 from tests.conftest import Keys, StartRelay, free_port
 
@@ -72,6 +81,21 @@ def test_the_old_systems_backfill_series_are_exposed_exactly():
     assert "relay_backfill_duration_seconds_count 1.0" in text
     # Nothing the old series did not have: no scope labels, no target_info.
     assert "otel_scope" not in text and "target_info" not in text
+
+
+def test_known_series_start_at_zero_so_rates_count_from_the_first_event():
+    text = scrape(build_metrics(allow=["ws_prod"]))
+    for path in ("new", "old", "miss"):
+        assert value(text, "relay_job_read_path_total", path=path) == 0
+    for name in (
+        "relay_backfill_scanned_total",
+        "relay_backfill_migrated_total",
+        "relay_backfill_errors_total",
+    ):
+        assert value(text, name, workspace_id="ws_prod") == 0
+    for reason in ("exists", "newer", "invalid", "vanished"):
+        assert value(text, "relay_backfill_skipped_total", workspace_id="ws_prod", reason=reason) == 0
+    assert 'workspace_id="other"' not in text
 
 
 async def test_rpcs_count_read_paths_dual_writes_and_redis_calls(start_relay: StartRelay, keys: Keys):
@@ -203,6 +227,18 @@ def test_the_busiest_workspaces_earn_their_label_and_one_off_workspaces_never_do
     assert seen[OTHER] > 20_000 - 10
     # A label once earned is kept; the fourth heavy workspace found no room left.
     assert labels("heavy-1") == "heavy-1" and labels("heavy-4") == OTHER
+
+
+def test_a_workspace_in_every_batch_earns_its_label_among_many_small_ones_in_bounded_memory():
+    labels = WorkspaceLabels(top_n=5)  # the defaults: promote after 3 observations, window of 4096
+    big_labels = []
+    for batch in range(20):  # a backfill: each batch of 1,000 keys meets 1,000 one-off workspaces and "big"
+        for n in range(1000):
+            assert labels(f"small-{batch}-{n}") == OTHER
+        big_labels.append(labels("big"))
+        assert labels.candidates() <= CANDIDATE_WINDOW
+    assert labels.labelled() == {"big"}
+    assert big_labels.index("big") == PROMOTE_AFTER - 1  # its third observation earned it
 
 
 def test_only_valid_workspace_ids_can_earn_a_label():

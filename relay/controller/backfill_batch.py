@@ -1,10 +1,11 @@
-"""One backfill batch: a SCAN step over ``ai:jobs:*``, one pipelined read of each key's workspace_id and
-enqueued_at to build its new key and index entry, and one ``COPY_BATCH`` call that decides and copies
-every key of the batch (and records it in the checkpoint) inside Redis.
+"""One backfill batch: a SCAN step over ``ai:jobs:*``, one read of each key's workspace_id and
+enqueued_at to build its new key and index entry (``READ_BATCH``, one read-only call for the whole step),
+and one ``COPY_BATCH`` call that decides and copies every key of the batch (and records it in the
+checkpoint) inside Redis.
 
-The read happens outside the atomic step, so the script re-checks what the read saw and answers STALE
-when anything changed; the batch is then read again. Dry runs call the same script with EVALSHA_RO:
-Redis itself refuses any write from it.
+The read happens outside the atomic step, so the copy re-checks what the read saw and answers STALE when
+anything changed; the batch is then read again. Reads and dry runs go through EVALSHA_RO: Redis itself
+refuses any write from them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
@@ -19,12 +21,13 @@ from redis.exceptions import NoScriptError, ResponseError
 from relay.controller.backfill_state import COUNT_FIELDS, INVALID_IDS_KEPT
 from relay.core import codec
 from relay.core.ids import is_job_id, is_workspace_id
-from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, KeyLayout
-from relay.core.scripts import COPY_BATCH
+from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, LEGACY_JOB_PREFIX, KeyLayout
+from relay.core.scripts import COPY_BATCH, READ_BATCH
 
 COPY = "c"  # a legacy record that can be placed: its new key and index entry are known
 INVALID = "i"  # not a hash, no valid workspace_id, or a job id that cannot be part of a key
 NOT_A_HASH = b"T"
+LEGACY_JOB_PREFIX_BYTES = LEGACY_JOB_PREFIX.encode()
 
 
 @dataclass(slots=True)
@@ -72,11 +75,38 @@ class CopyReply:
     batch_size_now: int | None = None
 
 
-class BatchReader:
-    def __init__(self, redis: Redis, workspace_filter: str = "", keys: KeyLayout = KEYS):
+class ReadOnlyScripts:
+    """EVALSHA_RO, so Redis refuses any write; plain EVALSHA on an embedded store that lacks it."""
+
+    def __init__(self, redis: Redis):
         self._redis = redis
+        self._supported = True
+
+    async def _read_only(
+        self, script: str, sha: str, keys: list[str | bytes], args: list[str | bytes]
+    ) -> list[Any]:
+        if self._supported:
+            try:
+                try:
+                    return await self._redis.evalsha_ro(sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    return await self._redis.eval_ro(script, len(keys), *keys, *args)
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._supported = False  # the scripts run read-only write nothing anyway
+        try:
+            return await self._redis.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._redis.eval(script, len(keys), *keys, *args)
+
+
+class BatchReader(ReadOnlyScripts):
+    def __init__(self, redis: Redis, workspace_filter: str = "", keys: KeyLayout = KEYS):
+        super().__init__(redis)
         self._filter = workspace_filter
         self._keys = keys
+        self._read_sha = _sha(READ_BATCH)
 
     async def read(self, cursor: str, count: int, skip: frozenset[bytes], limit: int | None) -> Batch:
         """One SCAN step from ``cursor``; at most ``limit`` keys are handled (the rest is cut off)."""
@@ -115,16 +145,13 @@ class BatchReader:
         if not keys:
             batch.limit_reached = limit is not None and limit <= 0
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.hmget(key, "workspace_id", "enqueued_at")
-        replies = await pipe.execute(raise_on_error=False)
-        for key, reply in zip(keys, replies, strict=True):
+        reply = await self._read_only(READ_BATCH, self._read_sha, list(keys), [])
+        for n, key in enumerate(keys):
             if limit is not None and len(batch.items) >= limit:
                 batch.cut = True
                 break
             batch.done_keys.append(key)
-            item = self._item(key, reply)
+            item = self._item(key, reply[2 * n], reply[2 * n + 1])
             if item is None:
                 batch.filtered += 1
             else:
@@ -133,12 +160,11 @@ class BatchReader:
             batch.limit_reached = True
         batch.examined = len(batch.done_keys)
 
-    def _item(self, key: bytes, reply: object) -> Item | None:
+    def _item(self, key: bytes, ws_raw: bytes | int | None, enq_raw: bytes | int | None) -> Item | None:
         """The key as a batch item, or None when a workspace filter passes over it."""
         job_id = KeyLayout.job_id_of_legacy(key.decode("utf-8", "replace"))
-        if isinstance(reply, Exception):  # WRONGTYPE: not a hash
+        if isinstance(ws_raw, int) or isinstance(enq_raw, int):  # READ_BATCH's mark of a key not a hash
             return None if self._filter else Item(INVALID, key, job_id, "", NOT_A_HASH, NOT_A_HASH, "")
-        ws_raw, enq_raw = reply  # type: ignore[misc]
         ws = ws_raw.decode("utf-8", "replace") if ws_raw is not None else None
         enq = enq_raw.decode("utf-8", "replace") if enq_raw is not None else None
         ws_mark, enq_mark = _mark(ws_raw), _mark(enq_raw)
@@ -151,15 +177,14 @@ class BatchReader:
         return Item(COPY, key, job_id, ws, ws_mark, enq_mark, codec.index_member(job_id, enq))
 
 
-class BatchCopier:
+class BatchCopier(ReadOnlyScripts):
     """Calls ``COPY_BATCH`` for one batch: executing (with the checkpoint) or as a read-only dry run."""
 
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
-        self._redis = redis
+        super().__init__(redis)
         self._keys = keys
         self._script = redis.register_script(COPY_BATCH)
-        self._sha = hashlib.sha1(COPY_BATCH.encode()).hexdigest()
-        self._read_only_supported = True
+        self._sha = _sha(COPY_BATCH)
 
     def _arguments(
         self,
@@ -170,8 +195,14 @@ class BatchCopier:
         batches_before: int,
         checkpoint: dict[str, str],
     ) -> tuple[list[str | bytes], list[str | bytes]]:
+        """COPY_BATCH's keys and arguments: each workspace's index key once, one packed value per item."""
         k = self._keys
+        workspaces: dict[str, int] = {}
+        for item in batch.items:
+            if item.kind == COPY and item.workspace_id not in workspaces:
+                workspaces[item.workspace_id] = len(workspaces) + 1
         keys: list[str | bytes] = [k.backfill(backfill_id), k.backfill_invalid(backfill_id)]
+        keys += [k.job_index(ws) for ws in workspaces]
         args: list[str | bytes] = [
             "1" if dry else "0",
             token,
@@ -180,14 +211,21 @@ class BatchCopier:
             str(batch.filtered),
             str(len(batch.items)),
             str(len(checkpoint)),
+            str(len(workspaces)),
         ]
         for name, value in checkpoint.items():
             args += [name, value]
+        args += list(workspaces)
         for item in batch.items:
             keys.append(item.key)
             if item.kind == COPY:
-                keys += [k.new_job(item.workspace_id, item.job_id), k.job_index(item.workspace_id)]
-            args += [item.kind, item.job_id, item.ws_mark, item.enq_mark, item.member]
+                keys.append(k.new_job(item.workspace_id, item.job_id))
+                args.append(
+                    b"%d|%s|%s" % (workspaces[item.workspace_id], item.member.encode(), item.enq_mark)
+                )
+            else:
+                job_id = item.key[len(LEGACY_JOB_PREFIX_BYTES) :]
+                args.append(b"i%d:%s%s" % (len(job_id), job_id, item.ws_mark))
         return keys, args
 
     async def copy(
@@ -201,19 +239,11 @@ class BatchCopier:
         if not batch.items:
             return CopyReply("OK")
         keys, args = self._arguments(batch, backfill_id, True, "", 0, {})
-        if self._read_only_supported:
-            try:
-                try:
-                    reply = await self._redis.evalsha_ro(self._sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    reply = await self._redis.eval_ro(COPY_BATCH, len(keys), *keys, *args)
-                return _parse(reply, executing=False)
-            except ResponseError as exc:
-                if "unknown command" not in str(exc).lower():
-                    raise
-                # An embedded store without EVAL_RO: the dry branch of the script writes nothing anyway.
-                self._read_only_supported = False
-        return _parse(await self._script(keys=keys, args=args), executing=False)
+        return _parse(await self._read_only(COPY_BATCH, self._sha, keys, args), executing=False)
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def _mark(value: bytes | None) -> bytes:

@@ -57,7 +57,7 @@ from relay.controller.lease import Lease
 from relay.core.config import Settings
 from relay.core.errors import FailedPrecondition, NotFound, Unavailable
 from relay.core.keys import KEYS, KeyLayout
-from relay.core.telemetry import Metrics
+from relay.core.telemetry import BackfillGauges, Metrics
 from relay.v1 import backfill_pb2 as pb
 
 log = logging.getLogger("relay.backfill")
@@ -94,12 +94,14 @@ class BackfillEngine:
         self._runs: OrderedDict[str, Run] = OrderedDict()
         self._lock = asyncio.Lock()
         self._orphan_task: asyncio.Task[None] | None = None
+        self._unwatch_metrics = metrics.watch_backfill(self.gauges)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._orphan_task = asyncio.create_task(self._watch_orphans(), name="backfill orphan check")
 
     async def stop(self) -> None:
+        self._unwatch_metrics()
         if self._orphan_task is not None:
             self._orphan_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -304,6 +306,21 @@ class BackfillEngine:
         if self._runs:
             return next(reversed(self._runs))
         raise NotFound("no backfill has run yet", reason="BACKFILL_NOT_FOUND")
+
+    def gauges(self) -> BackfillGauges | None:
+        """The latest run of this process for /metrics; called on the scrape thread, so memory only."""
+        run = next(reversed(self._runs.values()), None)
+        if run is None:
+            return None
+        record = run.record
+        return BackfillGauges(
+            state=record.state.lower(),
+            progress_ratio=record.percent_done() / 100,
+            total_keys=record.target,
+            rate=record.rate,
+            eta_seconds=record.eta_seconds(),
+            dry_run=record.options.dry_run,
+        )
 
     # --- GetBackfill and the operator's requests ---------------------------------------------
     async def get(self, backfill_id: str) -> pb.Backfill:

@@ -74,6 +74,8 @@ THROTTLED_EVENT_MIN_SECONDS = 2.0
 BATCH_SECONDS = 0.1
 #: A SCAN step asks for at most this many times the batch size, when few keys match.
 MAX_SCAN_FACTOR = 20
+#: Batches scanned and read ahead of the one being copied.
+READ_AHEAD = 2
 
 
 class Fenced(Exception):
@@ -186,39 +188,51 @@ class BackfillRunner:
     async def _loop(self) -> None:
         rec = self.record
         self._apply_rate()
+        if not rec.scan_done:
+            ahead: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
+            reader = asyncio.create_task(self._read_ahead(ahead))
+            try:
+                while True:
+                    await self._obey()
+                    batch = await ahead.get()
+                    if isinstance(batch, BaseException):
+                        raise batch
+                    await self._bucket.take(batch.examined)
+                    started = time.monotonic()
+                    batch, reply = await self._apply(batch)
+                    self._record(batch, reply, time.monotonic() - started)
+                    if rec.scan_done:
+                        break
+                    await self._probe()
+                    self._maybe_progress()
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+        await self._complete()
+
+    async def _read_ahead(self, out: asyncio.Queue[Batch | BaseException]) -> None:
+        """Scan and read the next batches while the current one is copied, so Redis never waits for us.
+
+        What they read may change before their copy: COPY_BATCH re-checks it inside Redis.
+        """
+        rec = self.record
+        cursor, scanned = rec.cursor, rec.counts.scanned
         skip = (
             frozenset(k.encode("utf-8", "surrogateescape") for k in rec.skip_keys)
             if not rec.batches
             else None
         )
-        pending: asyncio.Task[Batch] | None = None
         try:
-            while not rec.scan_done:
-                if await self._obey() and pending is not None:
-                    pending.cancel()  # paused: what it read may be old by now
-                    pending = None
-                if pending is None:
-                    pending = asyncio.create_task(self._read(rec.cursor, rec.counts.scanned, skip))
-                batch = await pending
-                pending = None
-                await self._bucket.take(batch.examined)
-                if not batch.last:
-                    ahead = rec.counts.scanned + len(batch.items)
-                    pending = asyncio.create_task(self._read(batch.cursor_to, ahead, None))
-                started = time.monotonic()
-                batch, reply = await self._apply(batch)
+            while True:
+                batch = await self._read(cursor, scanned, skip)
                 skip = None
-                self._record(batch, reply, time.monotonic() - started)
-                if rec.scan_done:
-                    break
-                await self._probe()
-                self._maybe_progress()
-        finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending
-        await self._complete()
+                await out.put(batch)
+                if batch.last:
+                    return
+                cursor, scanned = batch.cursor_to, scanned + len(batch.items)
+        except Exception as exc:
+            await out.put(exc)
 
     async def _read(self, cursor: str, scanned_before: int, skip: frozenset[bytes] | None) -> Batch:
         max_keys = self.record.options.max_keys

@@ -285,7 +285,9 @@ class BackfillRecord:
             resume_cursor=h.get("resume_cursor", ""),
             resume_skip=_json_list(h.get("resume_skip")),
             resumes=_int(h.get("resumes")),
-            invalid_ids=[v.decode() if isinstance(v, bytes) else str(v) for v in invalid_ids],
+            invalid_ids=[
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in invalid_ids
+            ],
         )
 
     # --- progress ----------------------------------------------------------------------------

@@ -115,11 +115,29 @@ def revision(record: Record) -> int:
 
 
 def struct_json(value: struct_pb2.Struct) -> str:
-    return json.dumps(json_format.MessageToDict(value), separators=(",", ":"), sort_keys=True)
+    """The JSON text stored for params. Raises ValueError for NaN or infinite numbers (not JSON)."""
+    return json.dumps(_integral(json_format.MessageToDict(value)), separators=(",", ":"), sort_keys=True)
 
 
 def value_json(value: struct_pb2.Value) -> str:
-    return json.dumps(json_format.MessageToDict(value), separators=(",", ":"), sort_keys=True)
+    """The JSON text stored for a result. Raises ValueError for NaN or infinite numbers (not JSON)."""
+    return json.dumps(_integral(json_format.MessageToDict(value)), separators=(",", ":"), sort_keys=True)
+
+
+#: Doubles up to this magnitude hold every integer exactly.
+_EXACT_INTEGERS = 2**53
+
+
+def _integral(value: Any) -> Any:
+    """Whole numbers as integers: protobuf carries every number as a double, but the old system's readers
+    of these records got ``{"max_tokens": 256}``, not ``256.0``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_INTEGERS:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 def _loads(text: str) -> tuple[bool, Any]:

@@ -65,6 +65,8 @@ class KeyLayout:
     queue: str = RELAY_PREFIX + "queue:pending"
     #: Entries taken from a queue by ClaimJob and not yet marked running.
     claiming: str = RELAY_PREFIX + "queue:claiming"
+    #: Hash: claiming entry -> when it was taken (Redis TIME, seconds), to put back a dead claimer's entry.
+    claim_times: str = RELAY_PREFIX + "queue:claim-times"
 
     # --- migration state ---------------------------------------------------------------------
     #: Hash: field ``*`` is the global default stage, other fields are workspace overrides (JSON).

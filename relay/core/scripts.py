@@ -72,9 +72,38 @@ table.insert(ids, 1, depth)
 return ids
 """
 
+# Shared by UPDATE_STATUS and CLAIM: the copies of one job a stage uses, and the one that is the truth.
+_LIVE_COPIES = """
+-- The job's copies in the layouts the stage uses (a legacy record only when it is this workspace's).
+local function live_copies(legacy, new, workspace_id, use_legacy, use_new)
+  local copies = {}
+  if use_legacy and legacy_in_workspace(legacy, workspace_id) then table.insert(copies, legacy) end
+  if use_new and is_hash(new) then table.insert(copies, new) end
+  return copies
+end
+-- The copy with the highest revision is the latest acknowledged write; a tie goes to the layout the
+-- stage's reads prefer, so a change starts from what readers see.
+local function truth_of(copies, new, prefer_new)
+  local truth, rev = nil, -1
+  for _, key in ipairs(copies) do
+    local r = rev_of(key)
+    if r > rev or (r == rev and (key == new) == prefer_new) then truth, rev = key, r end
+  end
+  return truth, rev
+end
+-- Write the truth with ``changes`` applied to every copy: a copy that fell behind (updates made while a
+-- stage used only the other layout) catches up whole, not only in the changed fields. Only copies that
+-- exist are written: a change never creates a partial record.
+local function write_copies(copies, truth, changes)
+  local fields = redis.call('HGETALL', truth)
+  for _, v in ipairs(changes) do table.insert(fields, v) end
+  for _, key in ipairs(copies) do redis.call('HSET', key, unpack(fields)) end
+end
+"""
+
 UPDATE_STATUS = (
     """
--- Set a job's status on every copy that exists; never create a copy.
+-- Set a job's status on each copy that exists in the layouts the stage uses; never create a copy.
 -- KEYS[1]  the legacy job key
 -- KEYS[2]  the new job key
 local workspace_id = ARGV[1]
@@ -84,36 +113,29 @@ local result_set = ARGV[4] == '1'
 local result = ARGV[5]           -- JSON text
 local error_set = ARGV[6] == '1'
 local error_text = ARGV[7]
+local use_legacy = ARGV[8] == '1' -- the stage reads and writes the legacy layout
+local use_new = ARGV[9] == '1'    -- the stage reads and writes the new layout
+local prefer_new = ARGV[10] == '1'
 -- Returns {'OK', revision}, {'NOT_FOUND'} or {'TERMINAL', current status}.
 """
     + _RECORD_HELPERS
+    + _LIVE_COPIES
     + """
-local copies = {}
-if legacy_in_workspace(KEYS[1], workspace_id) then table.insert(copies, KEYS[1]) end
-if is_hash(KEYS[2]) then table.insert(copies, KEYS[2]) end
+local copies = live_copies(KEYS[1], KEYS[2], workspace_id, use_legacy, use_new)
 if #copies == 0 then return {'NOT_FOUND'} end
--- The copy with the highest revision is the truth (new wins a tie).
-local truth, rev = copies[#copies], -1
-for _, key in ipairs(copies) do
-  local r = rev_of(key)
-  if r > rev or (r == rev and key == KEYS[2]) then truth, rev = key, r end
-end
+local truth, rev = truth_of(copies, KEYS[2], prefer_new)
 local current = redis.call('HGET', truth, 'status')
 if current == 'completed' or current == 'failed' then return {'TERMINAL', current} end
-local fields = {'status', status, 'rev', tostring(rev + 1)}
-if status == 'running' then
-  if not redis.call('HGET', truth, 'started_at') then
-    table.insert(fields, 'started_at'); table.insert(fields, now)
-  end
-else
-  table.insert(fields, 'finished_at'); table.insert(fields, now)
-  if not redis.call('HGET', truth, 'started_at') then
-    table.insert(fields, 'started_at'); table.insert(fields, now)
-  end
+local changes = {'status', status, 'rev', tostring(rev + 1)}
+if status ~= 'running' then
+  table.insert(changes, 'finished_at'); table.insert(changes, now)
 end
-if result_set then table.insert(fields, 'result'); table.insert(fields, result) end
-if error_set then table.insert(fields, 'error'); table.insert(fields, error_text) end
-for _, key in ipairs(copies) do redis.call('HSET', key, unpack(fields)) end
+if not redis.call('HGET', truth, 'started_at') then
+  table.insert(changes, 'started_at'); table.insert(changes, now)
+end
+if result_set then table.insert(changes, 'result'); table.insert(changes, result) end
+if error_set then table.insert(changes, 'error'); table.insert(changes, error_text) end
+write_copies(copies, truth, changes)
 return {'OK', tostring(rev + 1)}
 """
 )
@@ -122,32 +144,76 @@ CLAIM = (
     """
 -- Mark a job taken from a queue as running, if it is still pending, and forget the claiming entry.
 -- KEYS[1]  the claiming list
--- KEYS[2]  the legacy job key
--- KEYS[3]  the new job key
+-- KEYS[2]  the claim times hash
+-- KEYS[3]  the legacy job key
+-- KEYS[4]  the new job key
 local entry = ARGV[1]            -- the entry as it stands in the claiming list
 local workspace_id = ARGV[2]
 local now = ARGV[3]              -- ISO-8601 UTC
+local use_legacy = ARGV[4] == '1' -- the stage reads and writes the legacy layout
+local use_new = ARGV[5] == '1'    -- the stage reads and writes the new layout
+local prefer_new = ARGV[6] == '1'
 -- Returns the claimed record as a flat field/value array, or an empty array when it is not claimable.
 """
     + _RECORD_HELPERS
+    + _LIVE_COPIES
     + """
 redis.call('LREM', KEYS[1], 1, entry)
-local copies = {}
-if legacy_in_workspace(KEYS[2], workspace_id) then table.insert(copies, KEYS[2]) end
-if is_hash(KEYS[3]) then table.insert(copies, KEYS[3]) end
+redis.call('HDEL', KEYS[2], entry)
+local copies = live_copies(KEYS[3], KEYS[4], workspace_id, use_legacy, use_new)
 if #copies == 0 then return {} end
-local truth, rev = copies[#copies], -1
-for _, key in ipairs(copies) do
-  local r = rev_of(key)
-  if r > rev or (r == rev and key == KEYS[3]) then truth, rev = key, r end
-end
+local truth, rev = truth_of(copies, KEYS[4], prefer_new)
 if redis.call('HGET', truth, 'status') ~= 'pending' then return {} end
-for _, key in ipairs(copies) do
-  redis.call('HSET', key, 'status', 'running', 'started_at', now, 'rev', tostring(rev + 1))
-end
+write_copies(copies, truth, {'status', 'running', 'started_at', now, 'rev', tostring(rev + 1)})
 return redis.call('HGETALL', truth)
 """
 )
+
+PEEK_PENDING = """
+-- Put back the claiming entries whose claimer died (taken at least ``timeout`` seconds ago, oldest
+-- first, at most ``max_recovered``) at the head of their queue, then return the head of each queue.
+-- KEYS[1]  the legacy pending queue (job ids)
+-- KEYS[2]  the new pending queue (<workspace_id>:<job_id>)
+-- KEYS[3]  the claiming list (oldest claim at the head)
+-- KEYS[4]  the claim times hash (entry -> Redis TIME in seconds)
+local timeout = tonumber(ARGV[1])
+local max_recovered = tonumber(ARGV[2])
+-- Returns {legacy head or '', new head or ''}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+for _ = 1, max_recovered do
+  local entry = redis.call('LINDEX', KEYS[3], 0)
+  if not entry then break end
+  local taken = tonumber(redis.call('HGET', KEYS[4], entry))
+  if not taken then
+    -- Left by a claimer that kept no time (a duplicate entry's, or one from before claim times): its
+    -- timeout starts now.
+    redis.call('HSET', KEYS[4], entry, tostring(now))
+    break
+  end
+  if now - taken < timeout then break end
+  redis.call('LPOP', KEYS[3])
+  redis.call('HDEL', KEYS[4], entry)
+  -- Job ids never hold ':' (they are validated), so only new-queue entries do.
+  if string.find(entry, ':', 1, true) then redis.call('LPUSH', KEYS[2], entry)
+  else redis.call('LPUSH', KEYS[1], entry) end
+end
+return {redis.call('LINDEX', KEYS[1], 0) or '', redis.call('LINDEX', KEYS[2], 0) or ''}
+"""
+
+TAKE_PENDING = """
+-- Move the head of a pending queue to the claiming list and note when, so that the entry can be put
+-- back if its claimer dies before marking the job.
+-- KEYS[1]  the pending queue
+-- KEYS[2]  the claiming list
+-- KEYS[3]  the claim times hash
+-- Returns the entry, or nil when the queue is empty.
+local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+if not entry then return nil end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[3], entry, tostring(tonumber(t[1]) + tonumber(t[2]) / 1e6))
+return entry
+"""
 
 
 # One reply for a page of records instead of one per key. Measured for 100 keys (bench/): a pipeline of
@@ -174,6 +240,8 @@ class Scripts:
     enqueue: AsyncScript
     update_status: AsyncScript
     claim: AsyncScript
+    peek_pending: AsyncScript
+    take_pending: AsyncScript
     read_records: AsyncScript
 
     @classmethod
@@ -182,6 +250,8 @@ class Scripts:
             enqueue=redis.register_script(ENQUEUE),
             update_status=redis.register_script(UPDATE_STATUS),
             claim=redis.register_script(CLAIM),
+            peek_pending=redis.register_script(PEEK_PENDING),
+            take_pending=redis.register_script(TAKE_PENDING),
             read_records=redis.register_script(READ_RECORDS),
         )
 
@@ -383,6 +453,25 @@ return out
 )
 
 # --- backfill ------------------------------------------------------------------------------------
+READ_BATCH = """
+-- Read-only: what the backfill needs of each legacy key of one SCAN step to build its new key and index
+-- entry. One call instead of a pipeline of HMGETs, which would cost the controller far more to encode
+-- and parse. The answers are re-checked inside COPY_BATCH, so they need not stay true.
+-- KEYS  the legacy keys
+-- Returns two values per key, in order: workspace_id and enqueued_at (nil when absent), or 0 and 0 for
+-- a key that is not a hash.
+local out = {}
+for i, key in ipairs(KEYS) do
+  local r = redis.pcall('HMGET', key, 'workspace_id', 'enqueued_at')
+  if type(r) == 'table' and r.err then
+    out[2 * i - 1], out[2 * i] = 0, 0
+  else
+    out[2 * i - 1], out[2 * i] = r[1], r[2]
+  end
+end
+return out
+"""
+
 COPY_BATCH = """
 -- Copy one SCAN batch of legacy job records to the new layout, index them, and record the batch in the
 -- backfill's checkpoint and counts: one atomic step, so a crash can neither lose a batch nor count one
@@ -392,8 +481,9 @@ COPY_BATCH = """
 -- written (the controller runs it with EVALSHA_RO, so Redis itself refuses any write).
 -- KEYS[1]  the backfill's state hash (unused in a dry run)
 -- KEYS[2]  the backfill's list of invalid job ids (unused in a dry run)
--- then per item, in ARGV order: a copy candidate ('c') brings 3 keys, its legacy key, its new key and
--- its workspace index; an item that could not be placed when read ('i') brings its legacy key only.
+-- KEYS[3 .. 2 + n_ws]  the job index of each workspace of the batch
+-- then per item, in ARGV order: a copy candidate brings 2 keys, its legacy key and its new key; an item
+-- that could not be placed when read brings its legacy key only.
 local dry = ARGV[1] == '1'
 local token = ARGV[2]                   -- this run's fencing token: the state must still carry it
 local batches_before = ARGV[3]          -- batches recorded before this one: the state must still say so
@@ -401,9 +491,12 @@ local invalid_cap = tonumber(ARGV[4])   -- invalid job ids kept in the list at m
 local filtered = tonumber(ARGV[5])      -- keys of other workspaces passed over in this batch
 local n_items = tonumber(ARGV[6])
 local n_fields = tonumber(ARGV[7])      -- checkpoint field/value pairs that follow (cursor, ...)
--- then 2 * n_fields checkpoint field/value pairs, then per item 5 values: kind ('c' | 'i'), job_id,
--- workspace_id as read, enqueued_at as read ('=' .. value, '-' when absent, 'T' when the key was not a
--- hash), and the index member ('' for 'i').
+local n_ws = tonumber(ARGV[8])          -- workspace ids that follow them, one per index key
+-- then 2 * n_fields checkpoint field/value pairs, then n_ws workspace ids, then one value per item
+-- (packed, so the caller sends one argument per key):
+--   copy candidate:  <w>|<index member>|<enqueued_at as read>   (w: its workspace's number, from 1)
+--   not placeable:   i<length of job_id>:<job_id><workspace_id as read>
+-- where a field as read is '=' .. value, '-' when absent, 'T' when the key was not a hash.
 -- Returns {'OK', outcomes, <counts and controls when executing>}, {'STALE'} when an item changed since
 -- it was read (nothing written: read the batch again) or {'FENCED'} when this run no longer owns the
 -- backfill. Outcomes hold one letter per item: m migrated, e exists, n newer, i invalid, v vanished
@@ -426,29 +519,33 @@ local function fields_of(key, ...)
   if type(reply) == 'table' and reply.err then return nil end
   return reply
 end
-local a = 8 + 2 * n_fields
-local k = 3
-local plan, outcomes, index_ok = {}, {}, {}
+local a = 9 + 2 * n_fields
+local workspaces = {}
+for w = 1, n_ws do workspaces[w] = ARGV[a + w - 1] end
+a = a + n_ws
+local k = 3 + n_ws
+local plan, outcomes, index_ok, tally = {}, {}, {}, {}
 for i = 1, n_items do
-  local kind, job_id, ws_read, enq_read, member = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  a = a + 5
+  local packed = ARGV[a + i - 1]
   local legacy, out = KEYS[k], nil
-  if kind == 'c' then
-    local new_key, index = KEYS[k + 1], KEYS[k + 2]
-    k = k + 3
+  if string.sub(packed, 1, 1) ~= 'i' then
+    local w, micros, job_id, enq_read = string.match(packed, '^(%d+)|(%d+)|([^|]*)|(.*)$')
+    w = tonumber(w)
+    local new_key, index = KEYS[k + 1], KEYS[2 + w]
+    k = k + 2
     local r = fields_of(legacy, 'workspace_id', 'enqueued_at', 'rev')
     if r == nil then return {'STALE'} end
     if not r[1] and redis.call('EXISTS', legacy) == 0 then
       out = 'v'
     else
-      if marker(r[1]) ~= ws_read or marker(r[2]) ~= enq_read then return {'STALE'} end
-      if index_ok[index] == nil then
+      if r[1] ~= workspaces[w] or marker(r[2]) ~= enq_read then return {'STALE'} end
+      if index_ok[w] == nil then
         local t = redis.call('TYPE', index)['ok']
-        index_ok[index] = (t == 'zset' or t == 'none')
+        index_ok[w] = (t == 'zset' or t == 'none')
       end
       local t = redis.call('TYPE', new_key)['ok']
       local action
-      if not index_ok[index] or (t ~= 'none' and t ~= 'hash') then
+      if not index_ok[w] or (t ~= 'none' and t ~= 'hash') then
         out = 'x'
       elseif t == 'none' then
         out, action = 'm', 'copy'
@@ -459,10 +556,13 @@ for i = 1, n_items do
         elseif theirs == mine then out, action = 'e', 'index'
         else out, action = 'n', 'index' end
       end
-      if action then plan[#plan + 1] = {action, legacy, new_key, index, member} end
+      if action then plan[#plan + 1] = {action, legacy, new_key, index, micros .. '|' .. job_id} end
     end
   else
     k = k + 1
+    local n, rest = string.match(packed, '^i(%d+):(.*)$')
+    n = tonumber(n)
+    local job_id, ws_read = string.sub(rest, 1, n), string.sub(rest, n + 1)
     local r = fields_of(legacy, 'workspace_id')
     local now_read = 'T'
     if r ~= nil then
@@ -476,6 +576,7 @@ for i = 1, n_items do
     end
   end
   outcomes[i] = out
+  tally[COUNT_OF[out]] = (tally[COUNT_OF[out]] or 0) + 1
 end
 local letters = table.concat(outcomes)
 if dry then return {'OK', letters} end
@@ -496,16 +597,11 @@ for _, p in ipairs(plan) do
     room = room - 1
   end
 end
-local tally = {}
-for i = 1, #letters do
-  local name = COUNT_OF[string.sub(letters, i, i)]
-  tally[name] = (tally[name] or 0) + 1
-end
 if n_items > 0 then redis.call('HINCRBY', KEYS[1], 'scanned', n_items) end
 if filtered > 0 then redis.call('HINCRBY', KEYS[1], 'filtered_out', filtered) end
 for name, n in pairs(tally) do redis.call('HINCRBY', KEYS[1], name, n) end
 redis.call('HINCRBY', KEYS[1], 'batches', 1)
-if n_fields > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 8, 7 + 2 * n_fields)) end
+if n_fields > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + 2 * n_fields)) end
 local reply = redis.call('HMGET', KEYS[1], unpack(COUNTS))
 table.insert(reply, 1, letters)
 table.insert(reply, 1, 'OK')

@@ -53,8 +53,11 @@ class StageView:
 
     async def _poll(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._refresh_seconds)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races a wake-up,
+            # and stop() then waits for this loop forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._refresh_seconds):
+                    await self._changed.wait()
             self._changed.clear()
             try:
                 await self.refresh()

@@ -34,22 +34,26 @@ log = logging.getLogger("relay.telemetry")
 OTHER = "other"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 #: Observations after which a workspace earns its own label (while fewer than N have one).
-PROMOTE_AFTER = 10
-#: Candidate workspaces counted at most; the count table starts over when full, so a flood of one-off
-#: workspaces costs bounded memory and never earns a label.
+PROMOTE_AFTER = 3
+#: Candidate workspaces counted at most; when the table is full every count is halved and those seen
+#: once are dropped, so a flood of one-off workspaces costs bounded memory and never earns a label.
 CANDIDATE_WINDOW = 4096
 #: The label of the global default in ``relay_stage`` (never a valid workspace id).
 GLOBAL_STAGE_LABEL = GLOBAL_FIELD
 BACKFILL_STATES = ("running", "paused", "completed", "failed", "cancelled", "orphaned")
+#: The ``reason`` values of ``relay_backfill_skipped_total`` (the old system's exists|invalid, and ours).
+BACKFILL_SKIP_REASONS = ("exists", "newer", "invalid", "vanished")
+READ_PATHS = ("new", "old", "miss")
 
 
 class WorkspaceLabels:
     """Maps workspace ids to a bounded set of label values.
 
     With an allow-list, exactly those workspaces keep their own label. Without one, a workspace earns
-    its own label once it has been observed ``promote_after`` times within a window of
-    ``CANDIDATE_WINDOW`` candidates, until ``top_n`` have one: the busiest workspaces get there first,
-    while one-off workspaces never do. A label, once earned, stays for the life of the process: a
+    its own label once it has been observed ``promote_after`` times (counts decay as newcomers arrive,
+    see ``CANDIDATE_WINDOW``), until ``top_n`` have one: the busiest workspaces get there first, while
+    one-off workspaces never do. An observation is one call of :meth:`__call__` (the backfill makes one
+    per workspace per batch). A label, once earned, stays for the life of the process: a
     counter needs a stable series, and the SDK keeps every series it has exported, so letting labels
     come and go would grow the series without bound. Observations made before a workspace earned its
     label count as ``other``; exact per-workspace totals need the allow-list.
@@ -87,13 +91,26 @@ class WorkspaceLabels:
                     self._counts.clear()  # no label left to earn
                 return workspace_id
             if seen == 1 and len(self._counts) >= self._window:
-                self._counts.clear()
+                self._decay()
             self._counts[workspace_id] = seen
         return OTHER
+
+    def _decay(self) -> None:
+        # Halving keeps the busy candidates ahead and drops those seen once: a full table costs one pass
+        # per ``window`` newcomers, and a flood of one-off workspaces never piles up.
+        self._counts = {w: n // 2 for w, n in self._counts.items() if n > 1}
+
+    @property
+    def allow_list(self) -> frozenset[str]:
+        return self._allow
 
     def label_of(self, workspace_id: str) -> str:
         """The label ``workspace_id`` has now, without counting an observation."""
         return workspace_id if workspace_id in self._own else OTHER
+
+    def candidates(self) -> int:
+        """How many workspaces are being counted toward a label (never more than the window)."""
+        return len(self._counts)
 
     def labelled(self) -> frozenset[str]:
         """The workspaces that have their own label."""
@@ -162,6 +179,21 @@ class Metrics:
         g("relay_backfill_total_keys", [self._backfill_value("total")], description="Keys to scan, estimated")
         g("relay_backfill_rate_keys_per_second", [self._backfill_value("rate")], description="Recent rate")
         g("relay_backfill_eta_seconds", [self._backfill_value("eta")], description="Estimated time left")
+
+        self._start_known_series_at_zero()
+
+    def _start_known_series_at_zero(self) -> None:
+        # Series whose labels are known up front exist (at 0) from the first scrape, so rate() and
+        # increase() count from the very first event: the read paths, and the backfill series of the
+        # allow-listed workspaces.
+        for path in READ_PATHS:
+            self.read_path.add(0, {"path": path})
+        for workspace_id in sorted(self.workspace_label.allow_list):
+            ws = {"workspace_id": workspace_id}
+            for counter in (self.backfill_scanned, self.backfill_migrated, self.backfill_errors):
+                counter.add(0, ws)
+            for reason in BACKFILL_SKIP_REASONS:
+                self.backfill_skipped.add(0, {**ws, "reason": reason})
 
     def ws(self, workspace_id: str) -> str:
         """The label value for one observation of ``workspace_id``'s traffic."""

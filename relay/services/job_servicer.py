@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import grpc
 
 from relay.core import codec
@@ -19,6 +22,7 @@ MAX_PAGE_SIZE = 500
 MAX_NAME_CHARS = 128
 MAX_ACTOR_CHARS = 256
 MAX_ERROR_CHARS = 4096
+T = TypeVar("T")
 WORKER_STATUSES = {
     pb.JOB_STATUS_RUNNING: "running",
     pb.JOB_STATUS_COMPLETED: "completed",
@@ -38,7 +42,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
     ) -> pb.ExecuteResponse:
         principal = await self._keyring.authenticate(context.invocation_metadata())
         principal.require(SCOPE_EXECUTE)
-        workspace_id = principal.workspace(request.workspace_id)
+        workspace_id = principal.workspace(_optional_workspace_id(request.workspace_id))
         actions = self._actions(request)
         actor_id = _bounded_text(request.actor_id, "actor_id", MAX_ACTOR_CHARS)
         job_ids, depth = await self._store.execute(workspace_id, actions, actor_id)
@@ -56,7 +60,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             field = f"actions[{n}]"
             provider = _required_name(action.provider, f"{field}.provider")
             name = _required_name(action.action, f"{field}.action")
-            params_json = codec.struct_json(action.params)
+            params_json = _json_of(codec.struct_json, action.params, f"{field}.params")
             if len(params_json.encode()) > self._settings.max_params_bytes:
                 raise InvalidArgument(
                     f"{field}.params", f"must be at most {self._settings.max_params_bytes} bytes as JSON"
@@ -79,7 +83,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
     ) -> pb.ListJobsResponse:
         principal = await self._keyring.authenticate(context.invocation_metadata())
         principal.require(SCOPE_PREVIEW)
-        workspace_id = principal.workspace(request.workspace_id)
+        workspace_id = principal.workspace(_optional_workspace_id(request.workspace_id))
         if request.page_size < 0:
             raise InvalidArgument("page_size", "must not be negative")
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -114,7 +118,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
         status = WORKER_STATUSES.get(request.status)
         if status is None:
             raise InvalidArgument("status", "must be RUNNING, COMPLETED or FAILED")
-        result_json = codec.value_json(request.result) if request.HasField("result") else None
+        result_json = (
+            _json_of(codec.value_json, request.result, "result") if request.HasField("result") else None
+        )
         if result_json is not None and len(result_json.encode()) > self._settings.max_result_bytes:
             raise InvalidArgument(
                 "result", f"must be at most {self._settings.max_result_bytes} bytes as JSON"
@@ -122,6 +128,18 @@ class JobServicer(pb_grpc.JobServiceServicer):
         error = _bounded_text(request.error, "error", MAX_ERROR_CHARS) if request.error else None
         record = await self._store.update_status(workspace_id, job_id, status, result_json, error)
         return pb.UpdateJobStatusResponse(job=codec.to_proto(record))
+
+
+def _optional_workspace_id(value: str) -> str:
+    """A workspace_id a request may name; a malformed one is INVALID_ARGUMENT, not PERMISSION_DENIED."""
+    return check_workspace_id(value) if value else ""
+
+
+def _json_of(encode: Callable[[T], str], value: T, field: str) -> str:
+    try:
+        return encode(value)
+    except ValueError:
+        raise InvalidArgument(field, "must be JSON: NaN and Infinity are not numbers there") from None
 
 
 def _required_name(value: str, field: str) -> str:

@@ -15,12 +15,12 @@ from redis.exceptions import ResponseError
 from relay.core import codec
 from relay.core.codec import Record
 from relay.core.errors import FailedPrecondition, NotFound
-from relay.core.ids import is_workspace_id, new_job_id
+from relay.core.ids import is_job_id, is_workspace_id, new_job_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, KeyLayout
 from relay.core.page_token import PageTokenCodec
 from relay.core.scripts import Scripts
 from relay.core.stage_store import StageView
-from relay.core.stages import StageSetting
+from relay.core.stages import Stage, StageSetting
 from relay.core.telemetry import Metrics
 
 log = logging.getLogger("relay.jobs")
@@ -28,6 +28,15 @@ log = logging.getLogger("relay.jobs")
 #: Legacy-phase listing: keys per SCAN call, and SCAN calls per page at most.
 LEGACY_SCAN_COUNT = 500
 LEGACY_SCANS_PER_PAGE = 8
+#: SCAN calls per page at most, counting the shorter re-scans that let a page end on a cursor. Above
+#: log2(LEGACY_SCAN_COUNT) + 1, so that every page makes progress.
+LEGACY_SCAN_CALLS_PER_PAGE = LEGACY_SCANS_PER_PAGE + 16
+#: Queue entries a ClaimJob call may take (dropping those of gone or finished jobs) before it gives up.
+CLAIM_ATTEMPTS = 64
+#: Seconds after which an entry taken from a queue but never marked running goes back to its queue.
+CLAIM_TIMEOUT_SECONDS = 30.0
+#: Such entries put back per ClaimJob call at most.
+CLAIMS_RECOVERED_PER_CALL = 10
 #: Index entries examined per page at most when a status filter skips most of them.
 INDEX_ENTRIES_PER_PAGE = 2000
 
@@ -55,6 +64,7 @@ class JobStore:
         metrics: Metrics,
         idempotency_ttl_seconds: int = 24 * 3600,
         keys: KeyLayout = KEYS,
+        claim_timeout_seconds: float = CLAIM_TIMEOUT_SECONDS,
     ):
         self._redis = redis
         self._scripts = Scripts.register(redis)
@@ -63,6 +73,7 @@ class JobStore:
         self._metrics = metrics
         self._ttl = idempotency_ttl_seconds
         self._keys = keys
+        self._claim_timeout = claim_timeout_seconds
 
     # --- writes ------------------------------------------------------------------------------
     async def execute(
@@ -112,6 +123,7 @@ class JobStore:
     async def update_status(
         self, workspace_id: str, job_id: str, status: str, result_json: str | None, error: str | None
     ) -> Record:
+        stage = self._stages.for_workspace(workspace_id).stage
         reply = await self._scripts.update_status(
             keys=[self._keys.legacy_job(job_id), self._keys.new_job(workspace_id, job_id)],
             args=[
@@ -122,6 +134,7 @@ class JobStore:
                 result_json or "",
                 "1" if error is not None else "0",
                 error or "",
+                *_layout_flags(stage),
             ],
         )
         outcome = reply[0].decode()
@@ -135,38 +148,74 @@ class JobStore:
         return await self.get(workspace_id, job_id)
 
     async def claim(self) -> Record | None:
-        """The oldest pending job (legacy queue first: its entries are older), now running; None when idle."""
+        """The oldest pending job of either queue, now running; None when there is none.
+
+        Each step is atomic, and a job goes to exactly one claimer: the queue entry moves to a claiming
+        list (with the time it was taken), then CLAIM marks the job running if it is still pending. An
+        entry whose claimer died in between goes back to its queue after the claim timeout.
+        """
         k = self._keys
-        for _ in range(64):  # entries of jobs that are gone or already taken are dropped; bound the walk
-            from_legacy = True
-            entry = await self._redis.lmove(k.legacy_queue, k.claiming, "LEFT", "RIGHT")
-            if entry is None:
-                from_legacy = False
-                entry = await self._redis.lmove(k.queue, k.claiming, "LEFT", "RIGHT")
-            if entry is None:
-                return None
-            text = entry.decode("utf-8", "replace")
-            if from_legacy:
-                job_id = text
-                try:
-                    workspace_id = (
-                        await self._redis.hget(k.legacy_job(job_id), "workspace_id") or b""
-                    ).decode()
-                except ResponseError:  # the legacy key is not a hash
-                    workspace_id = ""
-            else:
-                workspace_id, _, job_id = text.partition(":")
-            if not is_workspace_id(workspace_id) or not job_id:
-                await self._redis.lrem(k.claiming, 1, entry)
-                log.warning("dropped a queue entry with no valid job behind it")
-                continue
-            raw = await self._scripts.claim(
-                keys=[k.claiming, k.legacy_job(job_id), k.new_job(workspace_id, job_id)],
-                args=[entry, workspace_id, codec.now_iso()],
+        for _ in range(CLAIM_ATTEMPTS):  # entries of jobs that are gone or already taken are dropped
+            legacy_head, new_head = await self._scripts.peek_pending(
+                keys=[k.legacy_queue, k.queue, k.claiming, k.claim_times],
+                args=[self._claim_timeout, CLAIMS_RECOVERED_PER_CALL],
             )
-            if raw:
-                return codec.decode(dict(zip(raw[::2], raw[1::2], strict=True)))
+            if not legacy_head and not new_head:
+                return None
+            from_legacy = await self._legacy_head_is_older(legacy_head, new_head)
+            entry = await self._scripts.take_pending(
+                keys=[k.legacy_queue if from_legacy else k.queue, k.claiming, k.claim_times]
+            )
+            if entry is None:
+                continue  # other claimers emptied that queue meanwhile
+            record = await self._claim_entry(entry, from_legacy)
+            if record is not None:
+                return record
         return None
+
+    async def _legacy_head_is_older(self, legacy_head: bytes, new_head: bytes) -> bool:
+        """Whether the legacy queue's head job was enqueued no later than the new queue's (both may be
+        empty). An unreadable time counts as the oldest, so such an entry is dealt with soon."""
+        if not legacy_head or not new_head:
+            return bool(legacy_head)
+        workspace_id, _, job_id = new_head.decode("utf-8", "replace").partition(":")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(self._keys.legacy_job(legacy_head.decode("utf-8", "replace")), "enqueued_at")
+        pipe.hget(self._keys.new_job(workspace_id, job_id), "enqueued_at")
+        legacy_time, new_time = (
+            codec.parse_time(r.decode("utf-8", "replace")) if isinstance(r, bytes) else None
+            for r in await pipe.execute(raise_on_error=False)
+        )
+        if legacy_time is None or new_time is None:
+            return legacy_time is None
+        return legacy_time <= new_time
+
+    async def _claim_entry(self, entry: bytes, from_legacy: bool) -> Record | None:
+        k = self._keys
+        text = entry.decode("utf-8", "replace")
+        if from_legacy:
+            job_id = text
+            try:
+                workspace_id = (await self._redis.hget(k.legacy_job(job_id), "workspace_id") or b"").decode(
+                    "utf-8", "replace"
+                )
+            except ResponseError:  # the legacy key is not a hash
+                workspace_id = ""
+        else:
+            workspace_id, _, job_id = text.partition(":")
+        if not is_workspace_id(workspace_id) or not is_job_id(job_id):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.lrem(k.claiming, 1, entry)
+            pipe.hdel(k.claim_times, entry)
+            await pipe.execute()
+            log.warning("dropped a queue entry with no valid job behind it")
+            return None
+        stage = self._stages.for_workspace(workspace_id).stage
+        raw = await self._scripts.claim(
+            keys=[k.claiming, k.claim_times, k.legacy_job(job_id), k.new_job(workspace_id, job_id)],
+            args=[entry, workspace_id, codec.now_iso(), *_layout_flags(stage)],
+        )
+        return codec.decode(dict(zip(raw[::2], raw[1::2], strict=True))) if raw else None
 
     # --- reads -------------------------------------------------------------------------------
     async def get(self, workspace_id: str, job_id: str) -> Record:
@@ -295,56 +344,89 @@ class JobStore:
         state: dict[str, Any],
         out: list[Record],
     ) -> dict[str, Any] | None:
+        """Unindexed legacy records of the workspace, one SCAN stretch after another.
+
+        A page ends on a SCAN cursor, never part-way through what one SCAN call returned: a cursor stays
+        valid when Redis resizes its table, a position inside a call's reply does not (the same cursor
+        then covers other keys). When a stretch holds more matches than the page has room for, a shorter
+        stretch from the same cursor is scanned instead. Only when a single hash bucket (a SCAN of COUNT
+        1) holds more matches than the room does the page end inside it, after its last key returned.
+        """
         if not setting.stage.reads_legacy:
             return None
-        cursor, offset = int(state.get("c", 0)), int(state.get("o", 0))
+        cursor = int(state.get("c", 0))
+        count = int(state.get("n", LEGACY_SCAN_COUNT))
+        after = str(state.get("k", "")).encode("latin-1")
         index = self._keys.job_index(workspace_id)
-        for _ in range(LEGACY_SCANS_PER_PAGE):
-            next_cursor, keys = await self._redis.scan(
-                cursor, match=LEGACY_JOB_PATTERN, count=LEGACY_SCAN_COUNT
+        steps = calls = 0
+        while steps < LEGACY_SCANS_PER_PAGE and calls < LEGACY_SCAN_CALLS_PER_PAGE:
+            next_cursor, keys = await self._redis.scan(cursor, match=LEGACY_JOB_PATTERN, count=count)
+            calls += 1
+            found = await self._unindexed_legacy(
+                workspace_id, index, sorted(k for k in set(keys) if k > after), status
             )
-            found = await self._unindexed_legacy(workspace_id, index, sorted(keys), status)
             room = page_size - len(out)
-            if len(found) - offset > room:
-                out.extend(found[offset : offset + room])
-                return {"p": "legacy", "c": cursor, "o": offset + room}
-            out.extend(found[offset:])
-            cursor, offset = int(next_cursor), 0
+            if len(found) > room:
+                if count > 1:
+                    count = max(1, min(count // 2, count * room // len(found)))
+                    continue
+                out.extend(record for _, record in found[:room])
+                return {"p": "legacy", "c": cursor, "n": 1, "k": found[room - 1][0].decode("latin-1")}
+            out.extend(record for _, record in found)
+            steps += 1
+            cursor, after = int(next_cursor), b""
+            count = min(count * 2, LEGACY_SCAN_COUNT)
             if cursor == 0:
                 return None
             if len(out) == page_size:
                 break
-        return {"p": "legacy", "c": cursor, "o": 0}
+        return {"p": "legacy", "c": cursor}
 
     async def _unindexed_legacy(
         self, workspace_id: str, index: str, keys: list[bytes], status: str
-    ) -> list[Record]:
-        """Legacy records of the workspace among ``keys`` that its index does not list yet, in key order."""
+    ) -> list[tuple[bytes, Record]]:
+        """(key, record) of the workspace's legacy records among ``keys`` (sorted) that its index lacks.
+
+        Other workspaces' records cost one HMGET each; only the caller's are read whole.
+        """
         if not keys:
             return []
-        # A pipeline, not READ_RECORDS: hundreds of keys in one script would hold Redis for milliseconds,
-        # at three times the Redis CPU of plain commands.
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
-            pipe.hgetall(key)
-        records = [_as_record(r) for r in await pipe.execute(raise_on_error=False)]
-        mine = [
-            (key, r)
-            for key, r in zip(keys, records, strict=True)
-            if r is not None and r.get("workspace_id") == workspace_id
-        ]
-        if not mine:
-            return []
+            pipe.hmget(key, ["workspace_id", "status", "job_id", "enqueued_at"])
+        heads = await pipe.execute(raise_on_error=False)
+        candidates: list[tuple[bytes, str]] = []
         pipe = self._redis.pipeline(transaction=False)
-        for key, r in mine:
-            job_id = r.setdefault("job_id", KeyLayout.job_id_of_legacy(key.decode("utf-8", "replace")))
-            pipe.zscore(index, codec.index_member(job_id, r.get("enqueued_at")))
-        indexed = await pipe.execute()
-        return [
-            r
-            for (_, r), score in zip(mine, indexed, strict=True)
-            if score is None and (not status or r.get("status") == status)
-        ]
+        for key, head in zip(keys, heads, strict=True):
+            if not isinstance(head, list) or head[0] != workspace_id.encode():
+                continue  # another workspace's, none's, or not a hash at all
+            if status and head[1] != status.encode():
+                continue
+            job_id = (head[2] or b"").decode("utf-8", "replace") or KeyLayout.job_id_of_legacy(
+                key.decode("utf-8", "replace")
+            )
+            enqueued_at = head[3].decode("utf-8", "replace") if head[3] else None
+            candidates.append((key, job_id))
+            pipe.zscore(index, codec.index_member(job_id, enqueued_at))
+            pipe.hgetall(key)
+        if not candidates:
+            return []
+        replies = await pipe.execute(raise_on_error=False)
+        found = []
+        for (key, job_id), score, raw in zip(candidates, replies[::2], replies[1::2], strict=True):
+            record = _as_record(raw)
+            if score is not None or record is None or record.get("workspace_id") != workspace_id:
+                continue  # indexed (listed from the index), or changed since the first look
+            if status and record.get("status") != status:
+                continue
+            record.setdefault("job_id", job_id)
+            found.append((key, record))
+        return found
+
+
+def _layout_flags(stage: Stage) -> list[str]:
+    """ARGV of UPDATE_STATUS and CLAIM: the layouts the stage uses, and which one its reads prefer."""
+    return ["1" if flag else "0" for flag in (stage.reads_legacy, stage.reads_new, stage.prefers_new)]
 
 
 def _flat_record(reply: list[bytes]) -> Record | None:

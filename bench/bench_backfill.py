@@ -1,0 +1,431 @@
+"""Backfill benchmark: Relay's controller against the best hand-written batch copy, side by side.
+
+    .venv/bin/python -m bench.bench_backfill                # 1,000,000 legacy records (a few minutes)
+    .venv/bin/python -m bench.bench_backfill --keys 100000  # a quick check
+
+In one run, against one private redis-server started here (no persistence):
+
+(a) the hand-written ceiling: SCAN batches, each copied by one Lua script written below, which does the
+    same work as the controller's copy (copy when the new key is missing or older, index entry) but
+    builds key names inside Lua (fine on one Redis, wrong on a Redis Cluster) and keeps no checkpoint,
+    counts or controls. The driver overlaps the next SCAN with the current copy, as the controller does.
+(b) Relay: ``relay serve controller`` in a subprocess, StartBackfill unthrottled over gRPC, on the same
+    data seeded afresh. Its peak memory is the subprocess' VmHWM; its RSS is sampled during the run.
+(c) JobService p50/p99 of GetJob under a light open-loop load (``--load-rps``) from this process against
+    ``relay serve jobs`` in a subprocess: once with Redis idle, once during (b).
+
+It prints a markdown table and writes bench/results/backfill.json. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import redis as sync_redis
+
+from bench.redis_proc import RedisProcess, free_port, start_redis
+from relay.core import codec
+from relay.core.keys import KEYS, LEGACY_JOB_PATTERN
+from relay.v1 import backfill_pb2 as bpb
+from relay.v1 import job_service_pb2 as jpb
+from relay.v1 import job_service_pb2_grpc, migration_controller_pb2_grpc
+
+RESULTS = Path(__file__).resolve().parent / "results" / "backfill.json"
+WORKSPACES = 50
+SEED_BATCH = 5000
+ADMIN_KEY = "bench-admin-" + os.urandom(8).hex()
+READER_KEY = "bench-reader-" + os.urandom(8).hex()
+LOAD_WORKSPACE = "ws-000"
+
+# Benchmark-only mass insert of old-system records into a private Redis (keys built inside the script).
+SEED_LEGACY = """
+local legacy_prefix = ARGV[1]
+local first = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local workspaces = tonumber(ARGV[4])
+local base = ARGV[5]             -- enqueued_at without its micros: '2025-10-18T12:00:00.'
+local params = ARGV[6]
+for n = first, first + count - 1 do
+  local job_id = string.format('%08x-0000-4000-8000-%012x', n % workspaces, n)
+  local status = (n % 3 == 0) and 'pending' or 'completed'
+  redis.call('HSET', legacy_prefix .. job_id, 'job_id', job_id, 'status', status,
+    'action_provider', 'openai', 'action_name', 'chat.completions', 'params', params,
+    'workspace_id', string.format('ws-%03d', n % workspaces), 'actor_id', 'seed',
+    'result', (status == 'completed') and '{"ok":true}' or '', 'enqueued_at',
+    base .. string.format('%06d+00:00', n % 1000000))
+end
+return count
+"""
+
+# The hand-written ceiling. KEYS is empty: every key is built here from ARGV prefixes (single Redis only).
+HAND_COPY = """
+local new_prefix, index_prefix = ARGV[1], ARGV[2]
+local function micros(iso)
+  local y, mo, d, h, mi, s, frac = string.match(iso or '', '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.?(%d*)')
+  if not y then return 0 end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  if mo <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
+  local days = era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
+  local secs = days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)
+  return secs * 1000000 + tonumber(string.sub(frac .. '000000', 1, 6))
+end
+local copied = 0
+for i = 3, #ARGV do
+  local legacy = ARGV[i]
+  local r = redis.pcall('HMGET', legacy, 'workspace_id', 'enqueued_at', 'rev')
+  local ws = (not r.err) and r[1]
+  if ws and string.match(ws, '^[a-z0-9][a-z0-9_-]*$') and #ws <= 32 then
+    local job_id = string.sub(legacy, 9)
+    local new = new_prefix .. ws .. ':' .. job_id
+    local theirs = redis.call('HGET', new, 'rev')
+    local exists = theirs or redis.call('EXISTS', new) == 1
+    local mine = tonumber(r[3] or '0') or 0
+    if not exists or (tonumber(theirs) or 0) < mine then
+      if exists then redis.call('DEL', new) end
+      redis.call('HSET', new, unpack(redis.call('HGETALL', legacy)))
+      copied = copied + 1
+    end
+    redis.call('ZADD', index_prefix .. ws, 0, string.format('%016d|%s', micros(r[2]), job_id))
+  end
+end
+return copied
+"""
+
+
+@dataclass
+class Run:
+    name: str
+    keys: int
+    seconds: float
+    keys_per_second: float
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def seed(client: sync_redis.Redis, count: int) -> float:
+    started = time.monotonic()
+    script = client.register_script(SEED_LEGACY)
+    base = "2025-10-18T12:00:00."
+    for first in range(0, count, SEED_BATCH):
+        script(args=[KEYS.legacy_job(""), first, min(SEED_BATCH, count - first), WORKSPACES, base, '{"p":1}'])
+    return time.monotonic() - started
+
+
+def hand_written_copy(client: sync_redis.Redis, batch: int) -> Run:
+    """SCAN steps of about ``batch`` legacy keys, each copied by HAND_COPY; the next SCAN overlaps the copy."""
+    script = client.register_script(HAND_COPY)
+    scanner = sync_redis.Redis(connection_pool=client.connection_pool)
+    pool = ThreadPoolExecutor(1)
+    ratio, count = 1.0, batch
+    started = time.monotonic()
+    cursor, keys = scanner.scan(0, match=LEGACY_JOB_PATTERN, count=count)
+    scanned = copied = 0
+    while True:
+        ahead = pool.submit(scanner.scan, cursor, match=LEGACY_JOB_PATTERN, count=count) if cursor else None
+        if keys:
+            copied += script(args=[KEYS.new_job("", "").removesuffix(":"), KEYS.job_index(""), *keys])
+            scanned += len(keys)
+        if ahead is None:
+            break
+        returned = len(keys)
+        cursor, keys = ahead.result()
+        ratio = min(1.0, 0.5 * ratio + 0.5 * max(returned / count, 0.01))
+        count = max(1, min(int(batch / ratio), batch * 20))
+    seconds = time.monotonic() - started
+    pool.shutdown()
+    return Run("hand-written Lua over SCAN", scanned, seconds, scanned / seconds, {"copied": copied})
+
+
+# --- subprocesses ------------------------------------------------------------------------------
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    target: str
+    log: Path
+
+    def status(self, field_name: str) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(role: str, redis_url: str, keys_file: Path, workdir: Path) -> Server:
+    port = free_port()
+    log = workdir / f"{role}.log"
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "RELAY_LISTEN": f"127.0.0.1:{port}",
+        "RELAY_METRICS_LISTEN": "",
+        "RELAY_API_KEYS_FILE": str(keys_file),
+        "RELAY_LOG_LEVEL": "WARNING",
+    }
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; from relay.server import main; main(sys.argv[1:])",
+        "serve",
+        role,
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(process, f"127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(server.target) as channel:
+        while True:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                return server
+            except grpc.FutureTimeoutError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    server.stop()
+                    raise RuntimeError(
+                        f"relay serve {role} did not start: {log.read_text()[-2000:]}"
+                    ) from None
+
+
+# --- JobService latency under a light load -----------------------------------------------------
+async def measure_latency(
+    target: str, job_ids: list[str], rps: float, until: asyncio.Event | float
+) -> dict[str, float]:
+    """Open-loop GetJob calls at ``rps`` until ``until`` (an event, or seconds); p50/p99 in ms."""
+    latencies: list[float] = []
+    errors = 0
+    md = (("authorization", f"Bearer {READER_KEY}"),)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(job_id: str) -> None:
+            nonlocal errors
+            started = time.perf_counter()
+            try:
+                await stub.GetJob(jpb.GetJobRequest(job_id=job_id), metadata=md, timeout=10)
+                latencies.append((time.perf_counter() - started) * 1000)
+            except grpc.aio.AioRpcError:
+                errors += 1
+
+        started = time.monotonic()
+        n = 0
+        while True:
+            if isinstance(until, asyncio.Event) and until.is_set():
+                break
+            if not isinstance(until, asyncio.Event) and time.monotonic() - started >= until:
+                break
+            task = asyncio.create_task(one(random.choice(job_ids)))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            n += 1
+            await asyncio.sleep(max(0.0, started + n / rps - time.monotonic()))
+        await asyncio.gather(*pending)
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "p50_ms": statistics.median(latencies) if latencies else 0.0,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] if latencies else 0.0,
+    }
+
+
+async def controller_backfill(
+    controller: Server, jobs: Server | None, job_ids: list[str], batch: int, rps: float
+) -> tuple[Run, dict[str, float] | None]:
+    samples: list[int] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.25):
+            samples.append(controller.status("VmRSS"))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    rss_before = controller.status("VmRSS")
+    sampler.start()
+    done = asyncio.Event()
+    load = asyncio.create_task(measure_latency(jobs.target, job_ids, rps, done)) if jobs else None
+    events: list[bpb.BackfillEvent] = []
+    try:
+        async with grpc.aio.insecure_channel(controller.target) as channel:
+            stub = migration_controller_pb2_grpc.MigrationControllerStub(channel)
+            md = (("authorization", f"Bearer {ADMIN_KEY}"),)
+            async for event in stub.StartBackfill(bpb.StartBackfillRequest(batch_size=batch), metadata=md):
+                events.append(event)
+    finally:
+        done.set()
+        sampling.set()
+        sampler.join()
+    latency = await load if load else None
+    final = events[-1]
+    if final.kind != bpb.BACKFILL_EVENT_KIND_COMPLETED:
+        raise RuntimeError(f"the backfill did not complete: {final}")
+    seconds = (final.time.ToNanoseconds() - events[0].time.ToNanoseconds()) / 1e9
+    p = final.backfill.progress
+    run = Run(
+        "Relay controller (gRPC StartBackfill)",
+        p.scanned,
+        seconds,
+        p.scanned / seconds,
+        {
+            "migrated": p.migrated,
+            "skipped": p.skipped_exists + p.skipped_newer + p.skipped_invalid + p.skipped_vanished,
+            "errors": p.errors,
+            "events": len(events),
+            "throttled_events": sum(e.kind == bpb.BACKFILL_EVENT_KIND_THROTTLED for e in events),
+            "rss_before_mb": rss_before / 2**20,
+            "rss_max_sampled_mb": max(samples, default=0) / 2**20,
+            "rss_after_mb": controller.status("VmRSS") / 2**20,
+            "peak_rss_vmhwm_mb": controller.status("VmHWM") / 2**20,
+        },
+    )
+    return run, latency
+
+
+def check_copies(client: sync_redis.Redis, expected: int) -> None:
+    copies = sum(1 for _ in client.scan_iter(match="ai:job:*", count=5000))
+    if copies != expected:
+        raise RuntimeError(f"expected {expected} new-layout records, found {copies}")
+    job_id = "00000007-0000-4000-8000-000000000007"
+    enqueued = client.hget(KEYS.legacy_job(job_id), "enqueued_at").decode()
+    member = codec.index_member(job_id, enqueued)
+    if client.zscore(KEYS.job_index("ws-007"), member) is None:
+        raise RuntimeError(f"index entry {member} missing: the copies' index members are wrong")
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-backfill-"))
+    keys_file = workdir / "keys.json"
+    keys_file.write_text(
+        json.dumps(
+            [
+                {"key": ADMIN_KEY, "scopes": ["migration:admin"]},
+                {"key": READER_KEY, "workspace_id": LOAD_WORKSPACE, "scopes": ["actions:preview"]},
+            ]
+        )
+    )
+    redis: RedisProcess = start_redis()
+    client = redis.client()
+    servers: list[Server] = []
+    try:
+        print(f"seeding {args.keys:,} legacy records ...", flush=True)
+        seed_seconds = seed(client, args.keys)
+        print(f"  {seed_seconds:.1f} s; hand-written copy ...", flush=True)
+        hand = hand_written_copy(client, args.batch)
+        check_copies(client, args.keys)
+        print(f"  {hand.keys_per_second:,.0f} keys/s; re-seeding ...", flush=True)
+        client.flushall()
+        seed(client, args.keys)
+        jobs = None
+        if not args.skip_latency:
+            jobs = start_server("jobs", redis.url, keys_file, workdir)
+            servers.append(jobs)
+        controller = start_server("controller", redis.url, keys_file, workdir)
+        servers.append(controller)
+        load_ids = [f"{0:08x}-0000-4000-8000-{n:012x}" for n in range(0, min(args.keys, 100_000), WORKSPACES)]
+        idle = None
+        if jobs is not None:
+            print("JobService latency with Redis idle ...", flush=True)
+            await measure_latency(jobs.target, load_ids, args.load_rps, 1.0)  # warm-up
+            idle = await measure_latency(jobs.target, load_ids, args.load_rps, args.latency_seconds)
+        print("controller backfill ...", flush=True)
+        relay_run, during = await controller_backfill(controller, jobs, load_ids, args.batch, args.load_rps)
+        check_copies(client, args.keys)
+    finally:
+        for server in servers:
+            server.stop()
+        client.close()
+        redis.stop()
+    result: dict[str, object] = {
+        "time": datetime.now(UTC).isoformat(),
+        "keys": args.keys,
+        "batch": args.batch,
+        "cpus": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "hand_written": asdict(hand),
+        "relay": asdict(relay_run),
+        "ratio": relay_run.keys_per_second / hand.keys_per_second,
+        "jobservice_idle": idle,
+        "jobservice_during_backfill": during,
+    }
+    return result
+
+
+def report(result: dict[str, object]) -> str:
+    hand, relay = result["hand_written"], result["relay"]
+    assert isinstance(hand, dict) and isinstance(relay, dict)
+    extra = relay["extra"]
+    lines = [
+        f"Backfill of {result['keys']:,} legacy records, batch {result['batch']}, {result['cpus']} CPUs "
+        f"(load average {result['load_average_1m']:.1f})",
+        "",
+        "| | keys/s | seconds |",
+        "|---|---:|---:|",
+        f"| {hand['name']} | {hand['keys_per_second']:,.0f} | {hand['seconds']:.1f} |",
+        f"| {relay['name']} | {relay['keys_per_second']:,.0f} | {relay['seconds']:.1f} |",
+        f"| ratio Relay / hand-written | {result['ratio']:.2f} | |",
+        "",
+        f"Controller memory: RSS {extra['rss_before_mb']:.0f} MB before, {extra['rss_max_sampled_mb']:.0f} MB "
+        f"at most while running, {extra['rss_after_mb']:.0f} MB after; peak (VmHWM) {extra['peak_rss_vmhwm_mb']:.0f} MB. "
+        f"Throttled events: {extra['throttled_events']}.",
+    ]
+    idle, during = result["jobservice_idle"], result["jobservice_during_backfill"]
+    if isinstance(idle, dict) and isinstance(during, dict):
+        lines += [
+            "",
+            "| JobService GetJob | requests | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|",
+            f"| Redis idle | {idle['requests']} | {idle['p50_ms']:.2f} | {idle['p99_ms']:.2f} |",
+            f"| during the backfill | {during['requests']} | {during['p50_ms']:.2f} | {during['p99_ms']:.2f} |",
+            f"| p99 ratio | | | {during['p99_ms'] / idle['p99_ms']:.2f} |",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--load-rps", type=float, default=100.0, help="GetJob calls per second (light load)")
+    parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(report(result))
+    print(f"\nresults: {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
