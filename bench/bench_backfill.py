@@ -130,7 +130,7 @@ def seed(client: sync_redis.Redis, count: int) -> float:
 
 
 def hand_written_copy(client: sync_redis.Redis, batch: int) -> Run:
-    """SCAN steps of about ``batch`` legacy keys, each copied by HAND_COPY; the next SCAN overlaps the copy."""
+    """SCAN steps of about ``batch`` legacy keys, each copied by HAND_COPY; the next SCAN overlaps it."""
     script = client.register_script(HAND_COPY)
     scanner = sync_redis.Redis(connection_pool=client.connection_pool)
     pool = ThreadPoolExecutor(1)
@@ -392,9 +392,9 @@ def report(result: dict[str, object]) -> str:
         f"| {relay['name']} | {relay['keys_per_second']:,.0f} | {relay['seconds']:.1f} |",
         f"| ratio Relay / hand-written | {result['ratio']:.2f} | |",
         "",
-        f"Controller memory: RSS {extra['rss_before_mb']:.0f} MB before, {extra['rss_max_sampled_mb']:.0f} MB "
-        f"at most while running, {extra['rss_after_mb']:.0f} MB after; peak (VmHWM) {extra['peak_rss_vmhwm_mb']:.0f} MB. "
-        f"Throttled events: {extra['throttled_events']}.",
+        f"Controller memory: RSS {extra['rss_before_mb']:.0f} MB before, "
+        f"{extra['rss_max_sampled_mb']:.0f} MB at most while running, {extra['rss_after_mb']:.0f} MB after; "
+        f"peak (VmHWM) {extra['peak_rss_vmhwm_mb']:.0f} MB. Throttled events: {extra['throttled_events']}.",
     ]
     idle, during = result["jobservice_idle"], result["jobservice_during_backfill"]
     if isinstance(idle, dict) and isinstance(during, dict):
@@ -403,7 +403,8 @@ def report(result: dict[str, object]) -> str:
             "| JobService GetJob | requests | p50 ms | p99 ms |",
             "|---|---:|---:|---:|",
             f"| Redis idle | {idle['requests']} | {idle['p50_ms']:.2f} | {idle['p99_ms']:.2f} |",
-            f"| during the backfill | {during['requests']} | {during['p50_ms']:.2f} | {during['p99_ms']:.2f} |",
+            f"| during the backfill | {during['requests']} | {during['p50_ms']:.2f} "
+            f"| {during['p99_ms']:.2f} |",
             f"| p99 ratio | | | {during['p99_ms'] / idle['p99_ms']:.2f} |",
         ]
     return "\n".join(lines)

@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ class Config:
     read_jobs: int
     warmup: float
     page_duration: float
+    page_rounds: int
     legacy_pages: int
     stage: str
     json_out: Path
@@ -91,6 +92,7 @@ class Config:
             read_jobs=200 if quick else 1000,
             warmup=0.2 if quick else 1.0,
             page_duration=0.6 if quick else max(5.0, duration / 2),
+            page_rounds=1 if quick else 3,
             legacy_pages=4 if quick else 40,
             stage=args.stage,
             json_out=Path(args.json_out or RESULTS / ("jobs-quick.json" if quick else "jobs.json")),
@@ -101,14 +103,17 @@ class Config:
 class Stack:
     redis: RedisProcess
     real: ServerProcess
-    noop: ServerProcess
+    noop: ServerProcess | None
     raw_keys: dict[str, str]
     workdir: Path
+    #: The read workspace's job ids, and the tokens that start each of its pages (all in its index).
+    job_ids: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
 
 
 # --- processes -----------------------------------------------------------------------------------
 @contextmanager
-def running_stack(stage: str = "READ_NEW") -> Iterator[Stack]:
+def running_stack(stage: str = "READ_NEW", with_noop: bool = True) -> Iterator[Stack]:
     # The processes stop (ExitStack) before their working directory goes.
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
@@ -133,9 +138,13 @@ def running_stack(stage: str = "READ_NEW") -> Iterator[Stack]:
             "relay-jobs", relay_serve_argv("jobs"), env(real_port), f"127.0.0.1:{real_port}", workdir, ROOT
         )
         stack.callback(real.stop)
-        noop_argv = [sys.executable, "-m", "bench.noop_server"]
-        noop = start_server("noop-jobs", noop_argv, env(noop_port), f"127.0.0.1:{noop_port}", workdir, ROOT)
-        stack.callback(noop.stop)
+        noop = None
+        if with_noop:
+            noop_argv = [sys.executable, "-m", "bench.noop_server"]
+            noop = start_server(
+                "noop-jobs", noop_argv, env(noop_port), f"127.0.0.1:{noop_port}", workdir, ROOT
+            )
+            stack.callback(noop.stop)
         yield Stack(redis, real, noop, raw_keys, workdir)
 
 
@@ -159,19 +168,22 @@ def load(
     argv = [sys.executable, "-m", "bench.loadgen", "--target", server.target]
     argv += ["--api-key", stack.raw_keys[workspace_id], "--rpc", rpc, "--inputs", str(inputs_path)]
     argv += ["--duration", str(duration), "--concurrency", str(concurrency), "--warmup", str(warmup)]
-    generator = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True)
-    assert generator.stdout is not None
-    # Count server and Redis work over the measured window only (the generator marks its start and end).
-    samples = []
-    for line in generator.stdout:
-        if line.strip() in (loadgen.WINDOW_START, loadgen.WINDOW_END):
-            samples.append((server.cpu_seconds(), stack.redis.cpu_seconds(), redis_commands(stack.redis)))
-        if line.strip() == loadgen.WINDOW_END:
-            break
-    out, err = generator.communicate(timeout=120)
-    if generator.returncode != 0 or len(samples) != 2:
-        raise RuntimeError(f"load generator failed: {err[-2000:]}")
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as errors:
+        generator = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, cwd=ROOT, text=True)
+        assert generator.stdout is not None
+        # Count server and Redis work over the measured window only (the generator marks its start and
+        # end); every other line is the generator's report.
+        samples, report = [], []
+        for line in generator.stdout:
+            if line.strip() in (loadgen.WINDOW_START, loadgen.WINDOW_END):
+                samples.append((server.cpu_seconds(), stack.redis.cpu_seconds(), redis_commands(stack.redis)))
+            elif line.strip():
+                report.append(line)
+        generator.wait(timeout=120)
+        errors.seek(0)
+        if generator.returncode != 0 or len(samples) != 2 or not report:
+            raise RuntimeError(f"load generator failed: {errors.read()[-2000:]}")
+    result: dict[str, Any] = json.loads(report[-1])
     calls = max(result["calls"], 1)
     (server0, redis0, commands0), (server1, redis1, commands1) = samples
     result["server_cpu_us_per_call"] = round((server1 - server0) / calls * 1e6, 1)
@@ -231,6 +243,8 @@ def measure_throughput(
     stack: Stack, cfg: Config, job_ids: list[str], tokens: list[str]
 ) -> list[dict[str, Any]]:
     """Each RPC against the real service and the no-op one, alternating which goes first each round."""
+    if stack.noop is None:
+        raise ValueError("throughput needs the stack with the no-op server")
     rows = []
     inputs = {"job_ids": job_ids, "page_tokens": tokens}
     for rpc in RPCS:
@@ -288,21 +302,35 @@ def page_latency(stack: Stack, cfg: Config, tokens: list[str]) -> dict[str, Any]
     )
 
 
-def measure_pages(stack: Stack, cfg: Config, tokens: list[str]) -> list[dict[str, Any]]:
-    """Indexed-phase page latency with each count of other-workspace keys present."""
-    rows = []
-    seeded = 0
+def prepare(stack: Stack, cfg: Config, other_keys: int) -> dict[str, Any]:
+    """The read workspace's jobs and page tokens, then ``other_keys`` keys of other workspaces."""
+    stack.job_ids = seed_read_workspace(stack, cfg.read_jobs)
     stack.redis.client().set(KEYS.legacy_indexed, "1")
-    for count in cfg.other_keys:
-        begin = time.perf_counter()
-        progress(f"seeding other workspaces up to {count:,} keys")
-        seeded = seed_other_jobs(stack.redis.client(), seeded, count - seeded)
-        seed_seconds = time.perf_counter() - begin
-        census = key_census(stack.redis)
-        progress(f"{census['total']:,} keys in Redis; measuring indexed-phase page latency")
-        result = page_latency(stack, cfg, tokens)
-        rows.append({"other_keys": count, "keys": census, "seed_seconds": round(seed_seconds, 1), **result})
-    return rows
+    stack.tokens = page_walk(stack, "", cfg.read_jobs // workload.PAGE_SIZE - 1)
+    if any(token_phase(t) != "index" for t in stack.tokens[1:]):
+        raise RuntimeError("a page measured as indexed is not in the index phase")
+    progress(f"seeding other workspaces: {other_keys:,} keys in the Redis on port {stack.redis.port}")
+    begin = time.perf_counter()
+    seed_other_jobs(stack.redis.client(), 0, other_keys)
+    return {"other_keys": other_keys, "seed_seconds": round(time.perf_counter() - begin, 1)}
+
+
+def measure_pages(
+    stacks: dict[int, Stack], seeding: dict[int, dict[str, Any]], cfg: Config
+) -> list[dict[str, Any]]:
+    """Indexed-phase page latency with each count of other-workspace keys present, each count in a Redis of
+    its own, measured in turns so that a change in the machine's load falls on every count alike."""
+    runs: dict[int, list[dict[str, Any]]] = {count: [] for count in stacks}
+    progress(
+        f"measuring indexed-phase page latency: {cfg.page_rounds} turns of {cfg.page_duration} s per count"
+    )
+    for _ in range(cfg.page_rounds):
+        for count, stack in stacks.items():
+            runs[count].append(page_latency(stack, cfg, stack.tokens))
+    return [
+        {**seeding[count], "keys": key_census(stack.redis), **combine(runs[count])}
+        for count, stack in stacks.items()
+    ]
 
 
 def measure_legacy_phase(stack: Stack, cfg: Config, index_tokens: list[str]) -> dict[str, Any]:
@@ -326,20 +354,21 @@ def measure_legacy_phase(stack: Stack, cfg: Config, index_tokens: list[str]) -> 
 def run(cfg: Config) -> dict[str, Any]:
     started = time.time()
     load_before = os.getloadavg()
-    with running_stack(cfg.stage) as stack:
+    *smaller, largest = cfg.other_keys
+    with running_stack(cfg.stage) as main, ExitStack() as others:
         progress(
-            f"redis on port {stack.redis.port}, relay serve jobs on {stack.real.target}, "
-            f"no-op on {stack.noop.target}"
+            f"redis on port {main.redis.port}, relay serve jobs on {main.real.target}, "
+            f"no-op on {main.noop.target if main.noop else '-'}"
         )
-        job_ids = seed_read_workspace(stack, cfg.read_jobs)
-        stack.redis.client().set(KEYS.legacy_indexed, "1")
-        tokens = page_walk(stack, "", cfg.read_jobs // workload.PAGE_SIZE - 1)
-        if any(token_phase(t) != "index" for t in tokens[1:]):
-            raise RuntimeError("a page measured as indexed is not in the index phase")
-        pages = measure_pages(stack, cfg, tokens)
-        legacy = measure_legacy_phase(stack, cfg, tokens)
-        throughput = measure_throughput(stack, cfg, job_ids, tokens)
-        final_keys = key_census(stack.redis)
+        # The largest count lives beside the throughput measurements; each smaller one has its own stack.
+        stacks = {count: others.enter_context(running_stack(cfg.stage, with_noop=False)) for count in smaller}
+        stacks[largest] = main
+        seeding = {count: prepare(stack, cfg, count) for count, stack in stacks.items()}
+        pages = measure_pages(stacks, seeding, cfg)
+        others.close()  # the smaller counts' stacks are done: free their CPU and memory
+        legacy = measure_legacy_phase(main, cfg, main.tokens)
+        throughput = measure_throughput(main, cfg, main.job_ids, main.tokens)
+        final_keys = key_census(main.redis)
     first, last = pages[0], pages[-1]
     return {
         "benchmark": "jobs",
@@ -351,6 +380,8 @@ def run(cfg: Config) -> dict[str, Any]:
             "rounds": cfg.rounds,
             "other_keys": list(cfg.other_keys),
             "read_workspace_jobs": cfg.read_jobs,
+            "page_rounds": cfg.page_rounds,
+            "page_duration_s": cfg.page_duration,
             "page_size": workload.PAGE_SIZE,
             "stage": f"{cfg.stage} (from the flags {STAGE_FLAGS[cfg.stage]})",
         },
@@ -368,6 +399,7 @@ def run(cfg: Config) -> dict[str, Any]:
             "to_keys": last["other_keys"],
             "p50": _ratio(last["p50_ms"], first["p50_ms"]),
             "p99": _ratio(last["p99_ms"], first["p99_ms"]),
+            "redis_cpu": _ratio(last["redis_cpu_us_per_call"], first["redis_cpu_us_per_call"]),
         },
         "legacy_phase": legacy,
         "final_keys": final_keys,
@@ -427,20 +459,26 @@ def markdown(results: dict[str, Any]) -> str:
         f"### ListJobs page latency (page of {cfg['page_size']}, workspace of {cfg['read_workspace_jobs']:,} "
         "jobs, indexed phase: legacy-indexed marker set, one caller)",
         "",
+        f"Each key count has a Redis and a `relay serve jobs` of its own; the counts are measured in turns "
+        f"({cfg['page_rounds']} x {cfg['page_duration_s']} s each), so a change in the machine's load "
+        "falls on both alike. Redis CPU per page is the least load-sensitive figure.",
+        "",
         "| other-workspace keys | keys in Redis | legacy keys | p50 ms | p99 ms | pages/s "
-        "| Redis cmds/page |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| Redis cmds/page | Redis CPU µs/page | server CPU µs/page |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["list_pages"]:
         lines.append(
             f"| {row['other_keys']:,} | {row['keys']['total']:,} | {row['keys']['legacy']:,} "
             f"| {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput']:.0f} "
-            f"| {row['redis_commands_per_call']:.1f} |"
+            f"| {row['redis_commands_per_call']:.1f} | {row['redis_cpu_us_per_call']:.0f} "
+            f"| {row['server_cpu_us_per_call']:.0f} |"
         )
     lines += [
         "",
         f"Ratio {ratio['to_keys']:,} vs {ratio['from_keys']:,} keys: p50 {ratio['p50']:.2f}, "
-        f"p99 {ratio['p99']:.2f} (aim < {PAGE_RATIO_AIM}: {_aim(ratio['p50'] < PAGE_RATIO_AIM)}).",
+        f"p99 {ratio['p99']:.2f} (aim < {PAGE_RATIO_AIM}: {_aim(ratio['p50'] < PAGE_RATIO_AIM)}); "
+        f"Redis CPU per page {ratio['redis_cpu']:.2f}.",
         "",
     ]
     legacy = results["legacy_phase"]

@@ -16,8 +16,9 @@ import asyncio
 import json
 import random
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -28,6 +29,7 @@ from bench.relay_cluster import KeyBook, bearer
 from relay.v1 import job_service_pb2 as pb
 from relay.v1 import job_service_pb2_grpc as pb_grpc
 
+T = TypeVar("T")
 SAMPLES = 20
 #: GetJob read-backs of seeded jobs nobody touched (the listing already compares all of them).
 SEEDED_GETS = 2000
@@ -58,6 +60,7 @@ class CheckReport:
     problems: Counter[str] = field(default_factory=Counter)
     samples: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     unseen_claims_used: int = 0
+    transient_retries: int = 0
     unknown_jobs: dict[str, int] = field(default_factory=dict)
 
     def problem(self, kind: str, sample: Any) -> None:
@@ -74,6 +77,7 @@ class CheckReport:
             "problems": dict(self.problems),
             "samples": dict(self.samples),
             "unseen_claims_used": self.unseen_claims_used,
+            "transient_retries": self.transient_retries,
             "unknown_jobs": self.unknown_jobs,
         }
 
@@ -158,13 +162,34 @@ def compare(job: pb.Job, exp: Expected, report: CheckReport, unseen_claims_left:
         report.problem("wrong_error", {"job_id": exp.job_id, "want": exp.error, "got": job.error})
 
 
-async def _list_workspace(stub: pb_grpc.JobServiceStub, ws: str, key: str) -> list[pb.Job]:
+async def _retrying(report: CheckReport, call: Callable[[], Awaitable[T]]) -> T:
+    """A call retried (and counted) when it fails with UNAVAILABLE: the read-back checks data, and a Redis
+    connection cut by a fault still fails the one call that next uses it, however much later."""
+    for attempt in range(3):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2:
+                raise
+            report.transient_retries += 1
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+async def _get(stub: pb_grpc.JobServiceStub, report: CheckReport, job_id: str, key: str) -> pb.GetJobResponse:
+    return await _retrying(
+        report, lambda: stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=bearer(key), timeout=30)
+    )
+
+
+async def _list_workspace(
+    stub: pb_grpc.JobServiceStub, report: CheckReport, ws: str, key: str
+) -> list[pb.Job]:
     jobs: list[pb.Job] = []
     token = ""
     while True:
-        reply = await stub.ListJobs(
-            pb.ListJobsRequest(page_size=500, page_token=token), metadata=bearer(key), timeout=30
-        )
+        request = pb.ListJobsRequest(page_size=500, page_token=token)
+        reply = await _retrying(report, lambda r=request: stub.ListJobs(r, metadata=bearer(key), timeout=30))
         jobs.extend(reply.jobs)
         token = reply.next_page_token
         if not token:
@@ -182,7 +207,7 @@ async def check(target: str, keys: KeyBook, traffic: dict[str, Any], manifest: S
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.JobServiceStub(channel)
         for ws, key in sorted(keys.workspaces.items()):
-            listed = await _list_workspace(stub, ws, key)
+            listed = await _list_workspace(stub, report, ws, key)
             seen: set[str] = set()
             unknown = 0
             for job in listed:
@@ -231,14 +256,12 @@ async def _get_back(
     async def one(n: int, exp: Expected) -> None:
         async with gate:
             try:
-                reply = await stub.GetJob(
-                    pb.GetJobRequest(job_id=exp.job_id),
-                    metadata=bearer(keys.workspaces[exp.workspace_id]),
-                    timeout=30,
-                )
+                reply = await _get(stub, report, exp.job_id, keys.workspaces[exp.workspace_id])
             except grpc.aio.AioRpcError as error:
                 kind = "lost" if error.code() == grpc.StatusCode.NOT_FOUND else f"get_{error.code().name}"
-                report.problem(kind, {"job_id": exp.job_id, "workspace_id": exp.workspace_id})
+                report.problem(
+                    kind, {"job_id": exp.job_id, "workspace_id": exp.workspace_id, "details": error.details()}
+                )
                 return
             report.checked_by_get += 1
             job = reply.job
@@ -267,6 +290,9 @@ async def _get_back(
                     report.problem("visible_to_other_workspace", {"job_id": exp.job_id, "reader": other})
                 except grpc.aio.AioRpcError as error:
                     if error.code() != grpc.StatusCode.NOT_FOUND:
-                        report.problem(f"foreign_get_{error.code().name}", {"job_id": exp.job_id})
+                        report.problem(
+                            f"foreign_get_{error.code().name}",
+                            {"job_id": exp.job_id, "details": error.details()},
+                        )
 
     await asyncio.gather(*(one(n, exp) for n, exp in enumerate(targets)))

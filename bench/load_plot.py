@@ -35,8 +35,17 @@ def plot(series: dict[str, Any], path: Path, title: str) -> None:
     )
     top.set_ylabel("keys per second")
     top.set_title(title)
-    bottom.plot(t, [r["p99_ms"] for r in rows], color="#dd8452", label="JobService p99")
-    bottom.plot(t, [r["p50_ms"] for r in rows], color="#8c8c8c", label="JobService p50", linewidth=0.8)
+    nan = float("nan")  # seconds without calls (after the load ended) leave a gap, not a zero
+    bottom.plot(
+        t, [r["p99_ms"] if r["calls"] else nan for r in rows], color="#dd8452", label="JobService p99"
+    )
+    bottom.plot(
+        t,
+        [r["p50_ms"] if r["calls"] else nan for r in rows],
+        color="#8c8c8c",
+        label="JobService p50",
+        linewidth=0.8,
+    )
     bottom.set_ylabel("latency (ms)")
     bottom.set_xlabel("seconds since the load started")
     for axis in (top, bottom):

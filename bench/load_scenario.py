@@ -45,8 +45,8 @@ class Scenario:
     workspaces: int = 40
     #: Legacy keys seeded; 0 picks 200 per second of load (at least 1,000).
     legacy_keys: int = 0
-    callers: int = 16
-    workers: int = 4
+    callers: int = 12
+    workers: int = 8
     #: Keys per second for the backfill; -1 picks one that ends it about half-way; 0 is unthrottled.
     backfill_rate: float = -1.0
     aof: bool = False
@@ -104,6 +104,7 @@ async def _run(sc: Scenario, cluster: Cluster, workdir: Path, faults: FaultPlan 
             "callers": sc.callers,
             "workers": sc.workers,
             "seeded_jobs": str(seeded_path),
+            "stop_file": str(workdir / "stop-workers"),
             "out": str(traffic_out),
             "call_timeout": sc.call_timeout,
             "seed": sc.seed,
@@ -131,13 +132,14 @@ async def _run(sc: Scenario, cluster: Cluster, workdir: Path, faults: FaultPlan 
     walk_task = asyncio.create_task(walk_all())
     t0 = await traffic_started
     fault_task = asyncio.create_task(faults(cluster, t0, t0 + sc.duration)) if faults else None
-    await marks["traffic"].wait()
     fault_log = await fault_task if fault_task else []
-    try:
-        await asyncio.wait_for(asyncio.shield(walk_task), timeout=max(120.0, sc.duration))
+    try:  # the walk may outlast the load: the workers keep draining the queues until it is done
+        await asyncio.wait_for(asyncio.shield(walk_task), timeout=sc.duration + max(120.0, sc.duration))
     except TimeoutError:
         marks["walk_error"] = f"the walk had not finished {max(120.0, sc.duration):.0f} s after the load"
         walk_task.cancel()
+    (workdir / "stop-workers").touch()
+    await marks["traffic"].wait()
     traffic = json.loads(traffic_out.read_text())
     model_report = await check(cluster.jobs_target, cluster.keys, traffic, manifest)
     legacy_left = await asyncio.to_thread(_count_legacy, cluster)
@@ -257,10 +259,15 @@ def _count_checks(
             "deleted": c.done,
             "kept_missing_new": c.kept_missing_new,
             "kept_legacy_newer": c.kept_legacy_newer,
+            "kept_differing": c.kept_differing,
+            "kept_pending": c.kept_pending,
             "kept_invalid": c.kept_invalid,
+            "deleted_all_runs": sum(run.done for run in walk.cleanups),
             "errors": c.errors,
         }
-        checks["cleanup: kept no valid record"] = c.kept_missing_new == 0 and c.kept_legacy_newer == 0
+        checks["cleanup: the last run kept no valid record"] = (
+            c.kept_missing_new + c.kept_legacy_newer + c.kept_differing + c.kept_pending == 0
+        )
         checks["cleanup: no errors"] = c.errors == 0
     else:
         checks["cleanup completed"] = False
@@ -292,7 +299,7 @@ def _series(
     spans: dict[str, list[float]] = {}
     for name in ("backfill", "verify", "cleanup"):
         start = next((s["t"] for s in walk.steps if s["step"] == f"{name} start"), None)
-        end = next((s["t"] for s in walk.steps if s["step"] == f"{name} completed"), None)
+        end = next((s["t"] for s in reversed(walk.steps) if s["step"] == f"{name} completed"), None)
         if start is not None and end is not None:
             spans[name] = [round(start - t0, 2), round(end - t0, 2)]
     return {
@@ -303,6 +310,7 @@ def _series(
         "faults": [
             {"t": round(f["t"] - t0, 2), "kind": f["kind"], "seconds": f.get("seconds", 0)} for f in fault_log
         ],
+        "operator_errors": [{"t": round(t - t0, 2), "code": code} for t, code in walk.errors],
     }
 
 
@@ -328,18 +336,22 @@ def _write(
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The run as a few readable lines."""
-    lines = [f"{'RPC':<16}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p999 ms':>9}  status codes"]
+    lines = [
+        "| RPC | calls/s | p50 ms | p99 ms | p99.9 ms | status codes |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for rpc, r in report["traffic"]["rpcs"].items():
         codes = ", ".join(f"{k} {v}" for k, v in sorted(r["codes"].items()))
         lines.append(
-            f"{rpc:<16}{r['throughput']:>9.1f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-            f"{r['p999_ms']:>9.2f}  {codes}"
+            f"| {rpc} | {r['throughput']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['p999_ms']:.1f} | {codes} |"
         )
+    lines.append("")
     c = report["counts"]
     if "backfill" in c:
         b = c["backfill"]
         lines.append(
-            f"backfill: scanned {b['scanned']:,} migrated {b['migrated']:,} "
+            f"- backfill: scanned {b['scanned']:,} migrated {b['migrated']:,} "
             f"skipped exists {b['skipped_exists']:,} newer {b['skipped_newer']:,} "
             f"invalid {b['skipped_invalid']:,} errors {b['errors']} in {b['seconds']} s "
             f"(legacy keys {b['legacy_keys_at_start']:,} at start, {b['legacy_keys_at_end']} at end)"
@@ -347,30 +359,31 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if "verification" in c:
         v = c["verification"]
         lines.append(
-            f"verification: clean={v['clean']} legacy {v['scanned_legacy']:,} new {v['scanned_new']:,} "
+            f"- verification: clean={v['clean']} legacy {v['scanned_legacy']:,} new {v['scanned_new']:,} "
             f"invalid {v['invalid_legacy']} in {v['seconds']} s"
         )
     if "cleanup" in c:
         k = c["cleanup"]
         lines.append(
-            f"cleanup: deleted {k['deleted']:,} kept invalid {k['kept_invalid']} kept missing-new "
-            f"{k['kept_missing_new']} kept legacy-newer {k['kept_legacy_newer']} errors {k['errors']}"
+            f"- cleanup: {k['runs']} runs deleted {k['deleted_all_runs']:,}; the last kept invalid "
+            f"{k['kept_invalid']} pending {k['kept_pending']} differing {k['kept_differing']} missing-new "
+            f"{k['kept_missing_new']} legacy-newer {k['kept_legacy_newer']} errors {k['errors']}"
         )
     m = report["model_check"]
     lines.append(
-        f"read-back: {report['acknowledged_jobs']:,} acknowledged jobs; "
+        f"- read-back: {report['acknowledged_jobs']:,} acknowledged jobs; "
         f"{m['checked_in_lists']:,} compared in listings, {m['checked_by_get']:,} by GetJob, "
         f"{m['foreign_probes']:,} foreign probes; problems: "
         f"{m['problems'] or 'none'}"
     )
     t = report["traffic"]
     lines.append(
-        f"live: violations {t['violations'] or 'none'}; unexpected codes {t['unexpected_codes']}; "
+        f"- live: violations {t['violations'] or 'none'}; unexpected codes {t['unexpected_codes']}; "
         f"unknown outcomes: claims {t['unknown_claims']}, "
         f"executes {sum(t['unknown_execute_actions'].values())}, unresolved updates {t['unresolved_updates']}"
     )
     lines.append(
-        f"migration reached {report['migration']['reached']}; " + ("OK" if report["ok"] else "FAILED")
+        f"- migration reached {report['migration']['reached']}; " + ("OK" if report["ok"] else "FAILED")
     )
     lines += [f"  FAILURE: {f}" for f in report["failures"]]
     return lines

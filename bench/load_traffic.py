@@ -46,6 +46,11 @@ TERMINAL = ("completed", "failed")
 UNKNOWN_OUTCOME = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 #: How long a retried write keeps being retried before it is left as "may have happened".
 RETRY_SECONDS = 45.0
+#: The callers' mix; the rest is ListJobs. Workers claim and finish jobs beside them.
+EXECUTE_SHARE = 0.2
+GET_SHARE = 0.5
+#: After the callers stop, workers keep draining the queues until the run says stop (at most this long).
+DRAIN_SECONDS = 600.0
 VIOLATION_SAMPLES = 20
 
 
@@ -160,6 +165,7 @@ class Traffic:
         self.duration = float(config["duration"])
         self.timeout = float(config.get("call_timeout", 5.0))
         self.rec = Recorder()
+        self.drain_rec = Recorder()
         self.model: dict[str, Expect] = {}
         self.jobs_of: dict[str, list[str]] = defaultdict(list)
         seeded = json.loads(Path(config["seeded_jobs"]).read_text()) if config.get("seeded_jobs") else {}
@@ -186,14 +192,16 @@ class Traffic:
         self, rpc: str, call: Any, *, retried: bool = False
     ) -> tuple[Any, grpc.aio.AioRpcError | None]:
         began_wall, began = time.time(), time.perf_counter()
+        # Figures cover the load window; the workers' drain after it only counts against surprises.
+        rec = self.rec if began_wall < self.end else self.drain_rec
         try:
             reply = await call()
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             expected = code in UNKNOWN_OUTCOME or (retried and code == grpc.StatusCode.FAILED_PRECONDITION)
-            self.rec.failed(rpc, began_wall, code, exc.details() or "", expected)
+            rec.failed(rpc, began_wall, code, exc.details() or "", expected)
             return None, exc
-        self.rec.ok(rpc, began_wall, time.perf_counter() - began)
+        rec.ok(rpc, began_wall, time.perf_counter() - began)
         return reply, None
 
     def md(self, ws: str) -> tuple[tuple[str, str], ...]:
@@ -204,16 +212,17 @@ class Traffic:
         rng = random.Random(self.rng.random())
         ws = self.workspaces[index % len(self.workspaces)]
         acked_crids: deque[tuple[pb.ExecuteRequest, list[str]]] = deque(maxlen=20)
-        token = ""
+        tokens: dict[str, str] = {}  # a page token is only good for the workspace that got it
         while time.time() < self.end:
             ws = rng.choice(self.workspaces) if rng.random() < 0.3 else ws
             roll = rng.random()
-            if roll < 0.30:
+            if roll < EXECUTE_SHARE:
                 await self.execute(stub, ws, rng, acked_crids)
-            elif roll < 0.75:
+            elif roll < EXECUTE_SHARE + GET_SHARE:
                 await self.get_job(stub, ws, rng)
             else:
-                token = await self.list_jobs(stub, ws, rng, token if rng.random() < 0.6 else "")
+                token = tokens.get(ws, "") if rng.random() < 0.6 else ""
+                tokens[ws] = await self.list_jobs(stub, ws, rng, token)
 
     async def execute(
         self,
@@ -331,10 +340,17 @@ class Traffic:
         return reply.next_page_token
 
     # --- workers ---------------------------------------------------------------------------------
+    def workers_stop(self) -> bool:
+        """Workers drain the queues past the end of the load, until the run has finished its walk."""
+        if time.time() < self.end:
+            return False
+        stop_file = self.config.get("stop_file")
+        return not stop_file or Path(stop_file).exists() or time.time() > self.end + DRAIN_SECONDS
+
     async def worker(self, stub: pb_grpc.JobServiceStub, index: int) -> None:
         rng = random.Random(self.rng.random())
         md = bearer(self.keys.worker)
-        while time.time() < self.end:
+        while not self.workers_stop():
             reply, error = await self.timed(
                 "ClaimJob",
                 lambda: stub.ClaimJob(
@@ -360,7 +376,7 @@ class Traffic:
             if expect.status != "pending" and not expect.maybe:
                 self.violation("claimed_twice", {"job_id": job.job_id, "status": expect.status})
             expect.status, expect.acked_at, expect.maybe = "running", time.monotonic(), []
-            await asyncio.sleep(rng.uniform(0, 0.02))  # the work
+            await asyncio.sleep(rng.uniform(0, 0.005))  # the work
             if rng.random() < 0.2 and not await self.update(stub, md, job, expect, "running", rng):
                 continue
             await self.update(stub, md, job, expect, "completed" if rng.random() < 0.8 else "failed", rng)
@@ -438,8 +454,9 @@ class Traffic:
             "seconds": round(seconds, 2),
             "rpcs": self.rec.summary(self.duration),
             "series": self.rec.series(),
-            "unexpected_codes": self.rec.unexpected_count,
-            "unexpected_samples": self.rec.unexpected,
+            "drain": self.drain_rec.summary(max(seconds - self.duration, 1.0)),
+            "unexpected_codes": self.rec.unexpected_count + self.drain_rec.unexpected_count,
+            "unexpected_samples": self.rec.unexpected + self.drain_rec.unexpected,
             "violations": dict(self.violations),
             "violation_samples": dict(self.samples),
             "unknown_claims": self.unknown_claims,

@@ -48,6 +48,8 @@ class Walk:
     samples: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     codes: Counter[str] = field(default_factory=Counter)
+    #: (wall time, status code) of every failed operator call, to put them beside the faults
+    errors: list[tuple[float, str]] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     backfill: backfill_pb2.Backfill | None = None
     backfill_resumes: int = 0
@@ -65,6 +67,7 @@ class Walk:
 
     def _note(self, error: grpc.aio.AioRpcError) -> str:
         self.codes[error.code().name] += 1
+        self.errors.append((time.time(), error.code().name))
         info = error_info(error)
         reason = info.reason if info else ""
         if error.code() not in TRANSIENT and error.code() != grpc.StatusCode.FAILED_PRECONDITION:
@@ -271,24 +274,38 @@ class Walk:
 
     # --- cleanup ---------------------------------------------------------------------------------
     async def run_cleanup(self, stub: pb_grpc.MigrationControllerStub) -> None:
-        state: dict[str, Any] = {"done": False, "resume": False}
+        """Cleanups until one keeps no valid record (pending jobs are kept until the workers took them)."""
+        deadline = time.monotonic() + GIVE_UP_SECONDS * 4
+        while True:
+            final = await self._one_cleanup(stub)
+            kept = (
+                final.kept_missing_new + final.kept_legacy_newer + final.kept_differing + final.kept_pending
+            )
+            if kept == 0:
+                return
+            if time.monotonic() > deadline:
+                raise WalkFailed(f"cleanups still keep {kept} valid legacy records: {final}")
+            self.step("cleanup kept records", kept=kept, pending=final.kept_pending)
+            await asyncio.sleep(2.0)
+
+    async def _one_cleanup(self, stub: pb_grpc.MigrationControllerStub) -> cleanup_pb2.Cleanup:
+        state: dict[str, Any] = {"final": None, "resume": False}
 
         def on_event(event: cleanup_pb2.CleanupEvent) -> bool:
             c = event.cleanup
             self._sample("cleanup", scanned=c.scanned, done=c.done, rate=c.rate)
             if event.kind == cleanup_pb2.CLEANUP_EVENT_KIND_COMPLETED:
                 self.cleanups.append(c)
-                state["done"] = True
+                state["final"] = c
                 return True
             if event.kind == cleanup_pb2.CLEANUP_EVENT_KIND_FAILED:
-                self.cleanups.append(c)
                 state["resume"] = True
                 return True
             return False
 
         self.step("cleanup start")
         deadline = time.monotonic() + GIVE_UP_SECONDS * 4
-        while not state["done"]:
+        while state["final"] is None:
             if time.monotonic() > deadline:
                 raise WalkFailed("the cleanup did not complete")
             request = cleanup_pb2.CleanupLegacyRequest(resume=state["resume"])
@@ -298,8 +315,9 @@ class Walk:
                 info = error_info(error)
                 if info is None or info.reason != "NOTHING_TO_RESUME":
                     raise
-                # The run finished while its stream was broken: a fresh one finds nothing left to delete.
+                # The run finished (or never began) while its stream was broken: start a fresh one.
                 state["resume"] = False
                 continue
-            state["resume"] = not state["done"]
+            state["resume"] = state["final"] is None
         self.step("cleanup completed")
+        return state["final"]

@@ -43,7 +43,7 @@ def legacy_record(job_id: str, workspace_id: str, n: int = 0, **extra: str) -> d
         "workspace_id": workspace_id,
         "actor_id": "user-1",
         "result": "",
-        "enqueued_at": f"2025-10-{1 + n % 28:02d}T12:{n % 60:02d}:{(n // 60) % 60:02d}.{n % 1_000_000:06d}+00:00",
+        "enqueued_at": f"2025-10-{1 + n % 28:02d}T12:{n % 60:02d}:{n // 60 % 60:02d}.{n:06d}+00:00",
     }
     record.update(extra)
     return record
@@ -76,7 +76,10 @@ class MessySeed:
 
 async def seed_messy(redis: Redis, clean: int = 300) -> MessySeed:
     clean_ids = await seed_clean(redis, clean)
-    ids = {name: str(uuid.uuid4()) for name in ("sparse", "not_json", "huge", "older", "newer", "same", "blocked")}
+    ids = {
+        name: str(uuid.uuid4())
+        for name in ("sparse", "not_json", "huge", "older", "newer", "same", "blocked")
+    }
     pipe = redis.pipeline(transaction=False)
     # Valid but odd: copied verbatim.
     pipe.hset(KEYS.legacy_job(ids["sparse"]), mapping={"workspace_id": "ws-a", "action_name": "only-this"})
@@ -130,8 +133,8 @@ async def events_of(stream: AsyncIterator[bpb.BackfillEvent]) -> list[bpb.Backfi
     return [event async for event in stream]
 
 
-async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate, within: float = 10.0, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
     while True:
         value = predicate()
         if asyncio.iscoroutine(value):
@@ -144,7 +147,12 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -
 
 
 def counts_add_up(progress: bpb.BackfillProgress) -> bool:
-    skipped = progress.skipped_exists + progress.skipped_newer + progress.skipped_invalid + progress.skipped_vanished
+    skipped = (
+        progress.skipped_exists
+        + progress.skipped_newer
+        + progress.skipped_invalid
+        + progress.skipped_vanished
+    )
     return progress.scanned == progress.migrated + skipped + progress.errors
 
 
@@ -173,14 +181,21 @@ class ControllerProcess:
 
 def spawn_controller(redis_url: str, keys_file: Path, port: int, **settings: float) -> ControllerProcess:
     """``relay serve controller`` in its own process (this module's ``__main__``), with test settings."""
-    args = [sys.executable, str(Path(__file__).resolve()), redis_url, str(keys_file), str(port), json.dumps(settings)]
+    args = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        redis_url,
+        str(keys_file),
+        str(port),
+        json.dumps(settings),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return ControllerProcess(process, f"127.0.0.1:{port}")
 
 
-async def wait_serving(target: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_serving(target: str, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
     async with grpc.aio.insecure_channel(target) as channel:
         while True:
             try:

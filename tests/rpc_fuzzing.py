@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from relay.v1 import job_service_pb2, migration_controller_pb2
 
-CALL_TIMEOUT = 10.0
+CALL_TIMEOUT = 5.0
 #: Statuses that say precisely what the caller did wrong (DESIGN.md invariant 7).
 PRECISE = frozenset(
     {

@@ -53,7 +53,9 @@ async def test_two_thousand_status_updates_racing_the_backfill_all_survive(relay
                 metadata=keys.md("worker"),
             )
 
-    before = (await relay.controller.GetBackfill(bpb.GetBackfillRequest(), metadata=keys.md("admin"))).progress
+    before = (
+        await relay.controller.GetBackfill(bpb.GetBackfillRequest(), metadata=keys.md("admin"))
+    ).progress
     await asyncio.gather(*(worker() for _ in range(16)))
     after = await relay.controller.GetBackfill(bpb.GetBackfillRequest(), metadata=keys.md("admin"))
     # Slow enough to outlast the updates on a loaded machine; then let it finish unthrottled.

@@ -215,7 +215,8 @@ async def test_any_read_is_answered_precisely_and_changes_nothing(world, data, r
     )
     assert outcome.code == grpc.StatusCode.OK or outcome.code in PRECISE, (outcome.code, outcome.details)
     await unchanged(world, before)
-    assert_no_foreign_data(world, outcome)
+    if rpc in JOB_RPCS:  # an admin may name any workspace; a workspace key may see only its own
+        assert_no_foreign_data(world, outcome)
 
 
 async def test_a_message_beyond_the_size_limit_is_resource_exhausted(world):

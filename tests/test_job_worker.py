@@ -4,6 +4,7 @@ UpdateJobStatus moves it on, touching only the copies that exist in the layouts 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import grpc
@@ -243,7 +244,7 @@ async def test_an_entry_whose_claimer_died_is_put_back_after_the_claim_timeout(r
     async def die(*args, **kwargs):
         raise ConnectionError("the claimer died")
 
-    monkeypatch.setattr(store._scripts, "claim", die)
+    monkeypatch.setattr(store, "_scripts", dataclasses.replace(store._scripts, claim=die))
     with pytest.raises(ConnectionError):
         await store.claim()
     monkeypatch.undo()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from relay.clients.cli_backfill import backfill
 from relay.clients.cli_cleanup import cleanup, reverse_copy
 from relay.clients.cli_jobs import jobs
 from relay.clients.cli_keys import keys
@@ -14,7 +15,7 @@ from relay.clients.cli_stage import stage
 from relay.clients.cli_verify import verify
 from relay.clients.connection import Connection
 
-COMMAND_GROUPS: list[click.Command] = [jobs, keys, stage, verify, cleanup, reverse_copy]
+COMMAND_GROUPS: list[click.Command] = [jobs, keys, stage, backfill, verify, cleanup, reverse_copy]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -202,6 +202,7 @@ class BackfillEngine:
             return ""
         record.start_cursor = record.cursor = previous.resume_cursor or "0"
         record.skip_keys = list(previous.resume_skip)
+        record.skip_until = previous.resume_skip_until
         record.covers_scope = previous.covers_scope and previous.counts.errors == 0
         record.continued_from = previous.backfill_id
         record.scan_started = previous.scan_started or previous.create_time

@@ -45,6 +45,7 @@ from relay.controller.backfill_state import (
     BackfillRecord,
     Counts,
     scan_fraction,
+    scan_position,
 )
 from relay.controller.backfill_store import BackfillStore
 from relay.controller.lease import Lease
@@ -122,10 +123,12 @@ class BackfillRunner:
         self._last_progress = 0.0
         self._keys_since_progress = 0
         self._last_probe = 0.0
+        self._last_latency = 0.0
         self._last_throttled = 0.0
         self._unthrottled_base = 0.0
         self._match_ratio = 1.0
         self._start_fraction = scan_fraction(record.start_cursor)
+        self._skip = frozenset(k.encode("utf-8", "surrogateescape") for k in record.skip_keys)
         self.task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
 
@@ -218,15 +221,9 @@ class BackfillRunner:
         """
         rec = self.record
         cursor, scanned = rec.cursor, rec.counts.scanned
-        skip = (
-            frozenset(k.encode("utf-8", "surrogateescape") for k in rec.skip_keys)
-            if not rec.batches
-            else None
-        )
         try:
             while True:
-                batch = await self._read(cursor, scanned, skip)
-                skip = None
+                batch = await self._read(cursor, scanned, self._skip_at(cursor))
                 await out.put(batch)
                 if batch.last:
                     return
@@ -292,14 +289,26 @@ class BackfillRunner:
                     )
             return reply
 
-    def _stop_point(self, batch: Batch) -> tuple[str, list[str]] | None:
-        """Where a continuation resumes when max_keys ends the scan in this batch, else None."""
+    def _skip_at(self, cursor: str) -> frozenset[bytes] | None:
+        """The keys the continued backfill handled, while a step from ``cursor`` may return them."""
+        if self._skip and scan_position(cursor) < scan_position(self.record.skip_until, end=True):
+            return self._skip
+        return None
+
+    def _stop_point(self, batch: Batch) -> tuple[str, list[str], str] | None:
+        """(cursor, keys to skip, until) where a continuation resumes when max_keys ends the scan in this
+        batch, else None."""
         if not batch.limit_reached or (batch.cursor_to == "0" and not batch.cut):
             return None
-        if not batch.cut:
-            return batch.cursor_to, []
-        done = batch.skipped_keys + batch.done_keys
-        return batch.cursor_from, [k.decode("utf-8", "surrogateescape") for k in done]
+        resume = batch.cursor_from if batch.cut else batch.cursor_to
+        inherited = self._skip_at(resume) or frozenset()
+        done = set(inherited)
+        until = self.record.skip_until if inherited else resume
+        if batch.cut:
+            done.update(batch.skipped_keys, batch.done_keys)
+            if scan_position(batch.cursor_to, end=True) > scan_position(until, end=True) or not inherited:
+                until = batch.cursor_to
+        return resume, sorted(k.decode("utf-8", "surrogateescape") for k in done), until
 
     def _checkpoint(self, batch: Batch) -> dict[str, str]:
         scanned_after = self.record.counts.scanned + len(batch.items)
@@ -316,6 +325,7 @@ class BackfillRunner:
                 fields["max_keys_reached"] = "1"
                 fields["resume_cursor"] = stop[0]
                 fields["resume_skip"] = json.dumps(stop[1])
+                fields["resume_skip_until"] = stop[2]
         return fields
 
     def _record(self, batch: Batch, reply: CopyReply, seconds: float) -> None:
@@ -348,7 +358,7 @@ class BackfillRunner:
             stop = self._stop_point(batch)
             if stop is not None:
                 rec.max_keys_reached = True
-                rec.resume_cursor, rec.resume_skip = stop
+                rec.resume_cursor, rec.resume_skip, rec.resume_skip_until = stop
         self._keys_since_progress += batch.examined
         if not self.dry and reply.outcomes:
             self._count_metrics(batch, reply.outcomes, seconds)
@@ -414,8 +424,11 @@ class BackfillRunner:
         self._last_probe = now
         await self._redis.ping()
         latency = time.monotonic() - now
+        # Two probes in a row must be slow: one slow answer is as often this process waiting for a CPU.
+        sustained = min(latency, self._last_latency)
+        self._last_latency = latency
         before = self._brake.factor
-        tightened = self._brake.observe(latency)
+        tightened = self._brake.observe(sustained)
         if before == 1.0 and self._brake.factor < 1.0 and not self.record.rate_limit_now:
             self._unthrottled_base = max(self.record.rate, 100.0)
         if self._brake.factor != before:
@@ -427,7 +440,7 @@ class BackfillRunner:
         self._last_throttled = now
         rec = self.record
         reason = (
-            f"Redis answered in {latency * 1000:.1f} ms, above the {self._brake.ceiling * 1000:g} ms "
+            f"Redis answered in {sustained * 1000:.1f} ms, above the {self._brake.ceiling * 1000:g} ms "
             f"latency ceiling: slowing to {self._effective_rate():,.0f} keys/s"
         )
         rec.throttle_seq += 1

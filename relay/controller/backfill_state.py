@@ -163,8 +163,11 @@ class BackfillRecord:
     scan_done: bool = False
     #: Where the scan began: "0", or where a previous backfill stopped at max_keys.
     start_cursor: str = "0"
-    #: Keys of the first SCAN step already handled by the backfill this one continues.
+    #: Keys the backfill this one continues handled in the SCAN step where it stopped, and the cursor
+    #: after that step: until the scan passes it, a SCAN step may return those keys again (when keys
+    #: were added since, the same cursor covers fewer buckets per step).
     skip_keys: list[str] = field(default_factory=list)
+    skip_until: str = "0"
     #: This scan, with the ones it continues, covers every legacy key of its scope (it started at "0").
     covers_scope: bool = True
     continued_from: str = ""
@@ -189,6 +192,7 @@ class BackfillRecord:
     max_keys_reached: bool = False
     resume_cursor: str = ""
     resume_skip: list[str] = field(default_factory=list)
+    resume_skip_until: str = "0"
     resumes: int = 0
     invalid_ids: list[str] = field(default_factory=list)
 
@@ -227,6 +231,7 @@ class BackfillRecord:
             "scan_done": _flag(self.scan_done),
             "start_cursor": self.start_cursor,
             "skip_keys": json.dumps(self.skip_keys),
+            "skip_until": self.skip_until,
             "covers_scope": _flag(self.covers_scope),
             "continued_from": self.continued_from,
             "scan_started": self.scan_started,
@@ -246,6 +251,7 @@ class BackfillRecord:
             "max_keys_reached": _flag(self.max_keys_reached),
             "resume_cursor": self.resume_cursor,
             "resume_skip": json.dumps(self.resume_skip),
+            "resume_skip_until": self.resume_skip_until,
             "resumes": str(self.resumes),
         }
         out.update({name: str(getattr(self.counts, name)) for name in COUNT_FIELDS})
@@ -265,6 +271,7 @@ class BackfillRecord:
             scan_done=h.get("scan_done") == "1",
             start_cursor=h.get("start_cursor", "0"),
             skip_keys=_json_list(h.get("skip_keys")),
+            skip_until=h.get("skip_until", "0"),
             covers_scope=h.get("covers_scope") == "1",
             continued_from=h.get("continued_from", ""),
             scan_started=h.get("scan_started", ""),
@@ -284,6 +291,7 @@ class BackfillRecord:
             max_keys_reached=h.get("max_keys_reached") == "1",
             resume_cursor=h.get("resume_cursor", ""),
             resume_skip=_json_list(h.get("resume_skip")),
+            resume_skip_until=h.get("resume_skip_until", "0"),
             resumes=_int(h.get("resumes")),
             invalid_ids=[
                 v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in invalid_ids
@@ -353,6 +361,13 @@ class BackfillRecord:
             if moment is not None:
                 target.CopyFrom(_timestamp(moment))
         return message
+
+
+def scan_position(cursor: str, end: bool = False) -> float:
+    """Where ``cursor`` stands in a scan, 0 to 1; "0" is the start, or with ``end`` the end."""
+    if end and cursor in ("", "0"):
+        return 1.0
+    return scan_fraction(cursor)
 
 
 def scan_fraction(cursor: str) -> float:

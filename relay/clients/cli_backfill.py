@@ -1,0 +1,343 @@
+"""relayctl backfill start | watch | status | pause | resume | cancel | set.
+
+``start`` takes the old backfill script's options and ends with its summary block. The backfill runs in
+the controller: Ctrl-C only detaches this terminal, and ``relayctl backfill watch <id>`` re-attaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import click
+import grpc
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
+
+from relay.clients.cli_common import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    connection,
+    print_json,
+    run,
+    to_dict,
+)
+from relay.clients.connection import Connection
+from relay.v1 import backfill_pb2 as pb
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 completed; 1 failed; 6 cancelled; 3 refused (bad option, another backfill running, "
+    "unknown id); 4 not allowed (needs a migration:admin key); 5 controller unreachable, or the stream "
+    "ended before the backfill did; 130 detached with Ctrl-C (the backfill keeps running)."
+)
+STATE_NAMES = {value: name.removeprefix("BACKFILL_STATE_") for name, value in pb.BackfillState.items()}
+KIND_NAMES = {
+    value: name.removeprefix("BACKFILL_EVENT_KIND_") for name, value in pb.BackfillEventKind.items()
+}
+EXIT_OF_KIND = {
+    pb.BACKFILL_EVENT_KIND_COMPLETED: EXIT_OK,
+    pb.BACKFILL_EVENT_KIND_FAILED: EXIT_FAILED,
+    pb.BACKFILL_EVENT_KIND_CANCELLED: EXIT_CANCELLED,
+}
+#: Without a terminal (a log file, a pipe), a progress line at most this often.
+PLAIN_PROGRESS_SECONDS = 5.0
+
+
+@click.group("backfill", help="Copy legacy job records to the workspace layout, and drive the copy.")
+def backfill() -> None:
+    pass
+
+
+@backfill.command("start", epilog=EXIT_CODES_HELP)
+@click.option("--dry-run", "mode", flag_value="dry-run", help="Count what --execute would do; write nothing.")
+@click.option("--execute", "mode", flag_value="execute", help="Copy the records.")
+@click.option("--workspace", default="", help="Only this workspace's legacy records (default: all).")
+@click.option("--rps", type=float, default=0.0, show_default=True, help="Keys per second; 0 is unthrottled.")
+@click.option("--batch", type=int, default=0, help="Keys per SCAN batch (default 1000, at most 10000).")
+@click.option("--max-keys", type=int, default=0, help="Stop scanning after this many keys; 0 is no limit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead.")
+@click.pass_context
+@run
+async def start(
+    ctx: click.Context, mode: str | None, workspace: str, rps: float, batch: int, max_keys: int, as_json: bool
+) -> int:
+    """Start a backfill and follow it to the end, with a live progress bar and the summary."""
+    if mode is None:
+        raise click.UsageError("say --dry-run or --execute")
+    conn = connection(ctx)
+    request = pb.StartBackfillRequest(
+        dry_run=mode == "dry-run", workspace_id=workspace, rate_limit=rps, batch_size=batch, max_keys=max_keys
+    )
+    async with conn.channel() as channel:
+        stream = conn.controller(channel).StartBackfill(request, metadata=conn.metadata)
+        return await follow(stream, as_json)
+
+
+@backfill.command("watch", epilog=EXIT_CODES_HELP)
+@click.argument("backfill_id", required=False, default="")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead.")
+@click.pass_context
+@run
+async def watch(ctx: click.Context, backfill_id: str, as_json: bool) -> int:
+    """Re-attach to a running or finished backfill (default: the current or latest one)."""
+    conn = connection(ctx)
+    async with conn.channel() as channel:
+        stream = conn.controller(channel).WatchBackfill(
+            pb.WatchBackfillRequest(backfill_id=backfill_id), metadata=conn.metadata
+        )
+        return await follow(stream, as_json)
+
+
+@backfill.command("status", epilog=EXIT_CODES_HELP)
+@click.argument("backfill_id", required=False, default="")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@run
+async def status(ctx: click.Context, backfill_id: str, as_json: bool) -> int:
+    """Show a backfill's state (default: the current or latest one)."""
+    conn = connection(ctx)
+    async with conn.channel() as channel:
+        state = await conn.controller(channel).GetBackfill(
+            pb.GetBackfillRequest(backfill_id=backfill_id), metadata=conn.metadata
+        )
+    if as_json:
+        print_json(state)
+    else:
+        click.echo(describe(state))
+    return EXIT_OK
+
+
+@backfill.command("pause", epilog=EXIT_CODES_HELP)
+@click.argument("backfill_id", required=False, default="")
+@click.pass_context
+@run
+async def pause(ctx: click.Context, backfill_id: str) -> int:
+    """Pause a backfill after its current batch (it keeps its place)."""
+    return await _request(connection(ctx), "PauseBackfill", pb.PauseBackfillRequest, backfill_id)
+
+
+@backfill.command("resume", epilog=EXIT_CODES_HELP)
+@click.argument("backfill_id", required=False, default="")
+@click.pass_context
+@run
+async def resume(ctx: click.Context, backfill_id: str) -> int:
+    """Resume a paused backfill, or one whose controller died, from its checkpoint."""
+    return await _request(connection(ctx), "ResumeBackfill", pb.ResumeBackfillRequest, backfill_id)
+
+
+@backfill.command("cancel", epilog=EXIT_CODES_HELP)
+@click.argument("backfill_id", required=False, default="")
+@click.pass_context
+@run
+async def cancel(ctx: click.Context, backfill_id: str) -> int:
+    """Cancel a backfill after its current batch (what it copied stays)."""
+    return await _request(connection(ctx), "CancelBackfill", pb.CancelBackfillRequest, backfill_id)
+
+
+@backfill.command("set", epilog=EXIT_CODES_HELP)
+@click.argument("backfill_id", required=False, default="")
+@click.option("--rps", type=float, default=None, help="New keys per second; 0 is unthrottled.")
+@click.option("--batch", type=int, default=None, help="New keys per batch.")
+@click.pass_context
+@run
+async def set_options(ctx: click.Context, backfill_id: str, rps: float | None, batch: int | None) -> int:
+    """Change the rate or batch size of a running backfill."""
+    if rps is None and batch is None:
+        raise click.UsageError("say --rps, --batch or both")
+    conn = connection(ctx)
+    async with conn.channel() as channel:
+        stub = conn.controller(channel)
+        backfill_id = backfill_id or await _current_id(conn, channel)
+        request = pb.UpdateBackfillRequest(
+            backfill_id=backfill_id,
+            rate_limit=rps or 0.0,
+            update_rate_limit=rps is not None,
+            batch_size=batch or 0,
+        )
+        state = await stub.UpdateBackfill(request, metadata=conn.metadata)
+    click.echo(
+        f"backfill {state.backfill_id}: {_rate(state.options.rate_limit)}, batch {state.options.batch_size}"
+    )
+    return EXIT_OK
+
+
+async def _current_id(conn: Connection, channel: grpc.aio.Channel) -> str:
+    """The current or latest backfill, for commands given no id."""
+    state = await conn.controller(channel).GetBackfill(pb.GetBackfillRequest(), metadata=conn.metadata)
+    return state.backfill_id
+
+
+async def _request(conn: Connection, method: str, request_type: type, backfill_id: str) -> int:
+    async with conn.channel() as channel:
+        stub = conn.controller(channel)
+        backfill_id = backfill_id or await _current_id(conn, channel)
+        state = await getattr(stub, method)(request_type(backfill_id=backfill_id), metadata=conn.metadata)
+    click.echo(
+        f"backfill {state.backfill_id}: {STATE_NAMES[state.state]}"
+        + (f" ({state.reason})" if state.reason else "")
+    )
+    return EXIT_OK
+
+
+# --- following a stream -------------------------------------------------------------------------
+async def follow(stream: AsyncIterator[pb.BackfillEvent], as_json: bool) -> int:
+    """Show a backfill's events until it ends; the exit code says how it ended."""
+    view = JsonView() if as_json else LiveView()
+    last: pb.BackfillEvent | None = None
+    try:
+        async for event in stream:
+            last = event
+            view.show(event)
+    except asyncio.CancelledError:  # Ctrl-C: only this terminal lets go
+        view.close()
+        which = last.backfill_id if last is not None else ""
+        click.echo(
+            f"\nDetached; backfill {which or '(if it started)'} keeps running in the controller.\n"
+            f"Re-attach with: relayctl backfill watch {which}".rstrip(),
+            err=True,
+        )
+        raise
+    view.close()
+    if last is None or last.kind not in EXIT_OF_KIND:
+        click.echo(
+            "the stream ended before the backfill did; re-attach with relayctl backfill watch", err=True
+        )
+        return EXIT_UNREACHABLE
+    if not as_json:
+        click.echo(summary(last))
+    return EXIT_OF_KIND[last.kind]
+
+
+class JsonView:
+    def show(self, event: pb.BackfillEvent) -> None:
+        click.echo(json.dumps(to_dict(event)))
+
+    def close(self) -> None:
+        pass
+
+
+class LiveView:
+    """A progress bar with counts, rate, percent and ETA on a terminal; a line every few seconds elsewhere."""
+
+    def __init__(self) -> None:
+        self._console = Console()
+        self._live = self._console.is_terminal
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[counts]}"),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("ETA {task.fields[eta]}"),
+            console=self._console,
+            disable=not self._live,
+        )
+        self._task: TaskID | None = None
+        self._last_line = 0.0
+
+    def show(self, event: pb.BackfillEvent) -> None:
+        b = event.backfill
+        if self._task is None:
+            self._progress.start()
+            mode = "dry run" if b.options.dry_run else "backfill"
+            self._task = self._progress.add_task(
+                f"{mode} {event.backfill_id}", total=100, counts="", rate="", eta=""
+            )
+        p = b.progress
+        counts = (
+            f"{p.scanned:,} scanned · {p.migrated:,} migrated · {_skipped(p):,} skipped · {p.errors:,} errors"
+        )
+        eta = _duration(p.eta.ToTimedelta().total_seconds()) if p.HasField("eta") else "-"
+        self._progress.update(
+            self._task, completed=p.percent_done, counts=counts, rate=f"{p.rate:,.0f} keys/s", eta=eta
+        )
+        kind = event.kind
+        if kind != pb.BACKFILL_EVENT_KIND_PROGRESS and kind not in EXIT_OF_KIND:
+            self._say(f"{KIND_NAMES[kind].lower()}: {event.reason or STATE_NAMES[b.state].lower()}")
+        elif not self._live and time.monotonic() - self._last_line >= PLAIN_PROGRESS_SECONDS:
+            self._last_line = time.monotonic()
+            self._say(f"{p.percent_done:5.1f}%  {counts}  {p.rate:,.0f} keys/s  ETA {eta}")
+
+    def _say(self, text: str) -> None:
+        if self._live:
+            self._progress.console.print(text)
+        else:
+            click.echo(text)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def summary(event: pb.BackfillEvent) -> str:
+    """The old script's summary block, then the skips by reason and how it ended."""
+    b = event.backfill
+    p = b.progress
+    lines = [
+        "",
+        f"{'Scanned:':<9}{p.scanned:>11}",
+        f"{'Migrated:':<9}{p.migrated:>11}",
+        f"{'Skipped:':<9}{_skipped(p):>11}",
+        f"{'Errors:':<9}{p.errors:>11}",
+        "",
+        "Skipped by reason:",
+        f"  {'exists:':<10}{p.skipped_exists:>10}   the new copy already holds the same revision",
+        f"  {'newer:':<10}{p.skipped_newer:>10}   the new copy is newer, and was kept",
+        f"  {'invalid:':<10}{p.skipped_invalid:>10}   not a hash, or no valid workspace_id or job id",
+        f"  {'vanished:':<10}{p.skipped_vanished:>10}   deleted between the scan and the copy",
+    ]
+    if p.filtered_out:
+        lines.append(f"Other workspaces passed over: {p.filtered_out}")
+    if p.invalid_job_ids:
+        shown = ", ".join(p.invalid_job_ids[:10]) + (" ..." if len(p.invalid_job_ids) > 10 else "")
+        lines.append(f"Invalid job ids: {shown}")
+    if b.options.dry_run:
+        lines.append("Dry run: counted, nothing was written.")
+    elapsed = ""
+    if b.HasField("end_time") and b.HasField("create_time"):
+        elapsed = f" in {_duration((b.end_time.ToNanoseconds() - b.create_time.ToNanoseconds()) / 1e9)}"
+    lines.append(
+        f"Backfill {b.backfill_id} {STATE_NAMES[b.state].lower()}{elapsed}: {event.reason or b.reason}"
+    )
+    return "\n".join(lines)
+
+
+def describe(b: pb.Backfill) -> str:
+    p = b.progress
+    scope = f"workspace {b.options.workspace_id}" if b.options.workspace_id else "all workspaces"
+    mode = "dry run" if b.options.dry_run else "execute"
+    eta = _duration(p.eta.ToTimedelta().total_seconds()) if p.HasField("eta") else "-"
+    lines = [
+        f"Backfill {b.backfill_id}: {STATE_NAMES[b.state]} ({mode}, {scope})",
+        f"  {_rate(b.options.rate_limit)}, batch {b.options.batch_size}, "
+        f"max keys {b.options.max_keys or 'none'}",
+        f"  {p.percent_done:.1f}% of ~{p.total_estimate:,} keys, {p.rate:,.0f} keys/s, ETA {eta}, "
+        f"checkpoint {p.checkpoint}",
+        f"  {'Scanned:':<9}{p.scanned:>11}",
+        f"  {'Migrated:':<9}{p.migrated:>11}",
+        f"  {'Skipped:':<9}{_skipped(p):>11}  (exists {p.skipped_exists}, newer {p.skipped_newer}, "
+        f"invalid {p.skipped_invalid}, vanished {p.skipped_vanished})",
+        f"  {'Errors:':<9}{p.errors:>11}",
+    ]
+    if b.reason:
+        lines.append(f"  reason: {b.reason}")
+    if b.owner:
+        lines.append(f"  controller: {b.owner}")
+    return "\n".join(lines)
+
+
+def _skipped(p: pb.BackfillProgress) -> int:
+    return p.skipped_exists + p.skipped_newer + p.skipped_invalid + p.skipped_vanished
+
+
+def _rate(rate: float) -> str:
+    return f"{rate:,.0f} keys/s" if rate else "unthrottled"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
