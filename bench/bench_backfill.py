@@ -309,6 +309,21 @@ async def controller_backfill(
     return run, latency
 
 
+async def rate_accuracy(controller: Server, rates: list[float], keys: int) -> list[dict[str, float]]:
+    """Throttled runs of about three seconds each (max_keys = 3 s of keys): configured vs measured rate."""
+    out = []
+    md = (("authorization", f"Bearer {ADMIN_KEY}"),)
+    async with grpc.aio.insecure_channel(controller.target) as channel:
+        stub = migration_controller_pb2_grpc.MigrationControllerStub(channel)
+        for rate in rates:
+            request = bpb.StartBackfillRequest(rate_limit=rate, max_keys=min(int(rate * 3), keys))
+            events = [event async for event in stub.StartBackfill(request, metadata=md)]
+            seconds = (events[-1].time.ToNanoseconds() - events[0].time.ToNanoseconds()) / 1e9
+            scanned = events[-1].backfill.progress.scanned
+            out.append({"rate": rate, "keys": scanned, "seconds": seconds, "measured": scanned / seconds})
+    return out
+
+
 def check_copies(client: sync_redis.Redis, expected: int) -> None:
     copies = sum(1 for _ in client.scan_iter(match="ai:job:*", count=5000))
     if copies != expected:
@@ -358,6 +373,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         print("controller backfill ...", flush=True)
         relay_run, during = await controller_backfill(controller, jobs, load_ids, args.batch, args.load_rps)
         check_copies(client, args.keys)
+        print("rate limit accuracy ...", flush=True)
+        rates = await rate_accuracy(controller, [100.0, 2000.0, 20000.0], args.keys)
     finally:
         for server in servers:
             server.stop()
@@ -374,6 +391,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "ratio": relay_run.keys_per_second / hand.keys_per_second,
         "jobservice_idle": idle,
         "jobservice_during_backfill": during,
+        "rate_accuracy": rates,
     }
     return result
 
@@ -396,6 +414,10 @@ def report(result: dict[str, object]) -> str:
         f"{extra['rss_max_sampled_mb']:.0f} MB at most while running, {extra['rss_after_mb']:.0f} MB after; "
         f"peak (VmHWM) {extra['peak_rss_vmhwm_mb']:.0f} MB. Throttled events: {extra['throttled_events']}.",
     ]
+    lines += ["", "| rate limit, keys/s | keys | measured keys/s | error |", "|---:|---:|---:|---:|"]
+    for r in result["rate_accuracy"]:  # type: ignore[union-attr]
+        error = r["measured"] / r["rate"] - 1
+        lines.append(f"| {r['rate']:,.0f} | {r['keys']:,} | {r['measured']:,.0f} | {error:+.1%} |")
     idle, during = result["jobservice_idle"], result["jobservice_during_backfill"]
     if isinstance(idle, dict) and isinstance(during, dict):
         lines += [

@@ -24,18 +24,27 @@ def plot(series: dict[str, Any], path: Path, title: str) -> None:
     rows = series["seconds"]
     t = [r["t"] for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 6.5), constrained_layout=True)
+    nan = float("nan")  # seconds without a value leave a gap, not a zero
     top.plot(
         t,
-        [r.get("backfill_rate", 0.0) for r in rows],
+        [r.get("backfill_rate", nan) for r in rows],
         color=SPAN_COLOURS["backfill"],
         label="backfill (keys/s)",
     )
-    top.plot(
-        t, [r.get("cleanup_rate", 0.0) for r in rows], color=SPAN_COLOURS["cleanup"], label="cleanup (keys/s)"
+    top.set_ylabel("backfill, keys per second")
+    top.set_ylim(bottom=0)
+    # The cleanup is unthrottled and far faster: its own scale, on the right.
+    right = top.twinx()
+    right.plot(
+        t,
+        [r.get("cleanup_rate", nan) for r in rows],
+        color=SPAN_COLOURS["cleanup"],
+        label="cleanup (keys/s, right)",
+        linewidth=0.8,
     )
-    top.set_ylabel("keys per second")
+    right.set_ylabel("cleanup, keys per second")
+    right.set_ylim(bottom=0)
     top.set_title(title)
-    nan = float("nan")  # seconds without calls (after the load ended) leave a gap, not a zero
     bottom.plot(
         t, [r["p99_ms"] if r["calls"] else nan for r in rows], color="#dd8452", label="JobService p99"
     )
@@ -69,7 +78,9 @@ def plot(series: dict[str, Any], path: Path, title: str) -> None:
         kinds = sorted({f["kind"] for f in series["faults"]})
         for kind in kinds:
             bottom.plot([], [], color=FAULT_COLOURS.get(kind, "#999999"), label=kind.replace("_", " "))
-    top.legend(loc="upper right", fontsize=8)
+    handles = top.get_legend_handles_labels()
+    extra = right.get_legend_handles_labels()
+    top.legend(handles[0] + extra[0], handles[1] + extra[1], loc="upper right", fontsize=8)
     bottom.legend(loc="upper right", fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
+import bisect
 import json
+import math
 import shutil
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 from bench.legacy_seed import SeedManifest, seed_legacy
 from bench.load_check import check
 from bench.load_plot import plot
+from bench.load_traffic import percentile
 from bench.migration_walk import Walk, WalkFailed
 from bench.relay_cluster import Cluster
 from relay.core.keys import LEGACY_JOB_PATTERN
@@ -184,7 +187,8 @@ def _report(
             "legacy_keys": sc.keys_to_seed(),
             "backfill_rate": sc.rate(),
         },
-        "traffic": {k: v for k, v in traffic.items() if k not in ("model", "series")},
+        "traffic": {k: v for k, v in traffic.items() if k not in ("model", "series", "latencies")},
+        "phases": phases(traffic, walk, t0, sc.duration),
         "acknowledged_jobs": len(traffic["model"]),
         "migration": {
             "reached": walk.reached,
@@ -276,26 +280,90 @@ def _count_checks(
     return out
 
 
+def per_second_rate(samples: list[dict[str, Any]], field_name: str, t0: float) -> dict[int, float]:
+    """Keys per second, second by second, from progress samples: the cumulative count (runs added end to
+    end) interpolated at each whole second, differenced. Samples close together make no spikes."""
+    points: list[tuple[float, float]] = []
+    offset, last, run = 0.0, 0.0, None
+    for sample in samples:
+        value = float(sample[field_name])
+        if sample.get("run") != run or value < last:  # a new run counts from zero again
+            offset += last if run is not None else 0.0
+            run = sample.get("run")
+        last = value
+        points.append((sample["t"] - t0, offset + value))
+    if len(points) < 2:
+        return {}
+    times = [p[0] for p in points]
+    counts = [p[1] for p in points]
+
+    def cumulative(x: float) -> float:
+        if x <= times[0]:
+            return counts[0]
+        if x >= times[-1]:
+            return counts[-1]
+        i = bisect.bisect_right(times, x)
+        (ta, ca), (tb, cb) = points[i - 1], points[i]
+        return ca if tb == ta else ca + (cb - ca) * (x - ta) / (tb - ta)
+
+    return {
+        second: round(cumulative(second + 1) - cumulative(second), 1)
+        for second in range(math.floor(times[0]), math.ceil(times[-1]))
+    }
+
+
+def phases(traffic: dict[str, Any], walk: Walk, t0: float, duration: float) -> list[dict[str, Any]]:
+    """JobService figures over each stretch of the migration (only seconds inside the load window)."""
+    first = {s["step"]: s["t"] for s in reversed(walk.steps)}
+    last = {s["step"]: s["t"] for s in walk.steps}
+    end_of_load = t0 + duration
+    bounds = [
+        ("before the backfill", t0, first.get("backfill start")),
+        ("backfill", first.get("backfill start"), last.get("backfill completed")),
+        ("verification", first.get("verify start"), last.get("verify completed")),
+        ("cleanup", first.get("cleanup start"), last.get("cleanup completed")),
+        ("legacy cleaned", last.get("stage LEGACY_CLEANED"), end_of_load),
+    ]
+    log = {int(k): v for k, v in traffic.get("latencies", {}).items()}
+    out = []
+    for name, start, end in bounds:
+        if start is None or end is None:
+            continue
+        end = min(end, end_of_load)
+        seconds = [s for s in log if start <= s and s + 1 <= end]
+        if not seconds:
+            continue
+        by_rpc: dict[str, list[float]] = defaultdict(list)
+        for second in seconds:
+            for rpc, values in log[second].items():
+                by_rpc[rpc].extend(values)
+        everything = sorted(x for values in by_rpc.values() for x in values)
+        out.append(
+            {
+                "phase": name,
+                "seconds": len(seconds),
+                "calls_per_s": round(len(everything) / len(seconds), 1),
+                "p50_ms": round(percentile(everything, 50), 1),
+                "p99_ms": round(percentile(everything, 99), 1),
+                "p99_ms_by_rpc": {
+                    rpc: round(percentile(sorted(v), 99), 1) for rpc, v in sorted(by_rpc.items())
+                },
+            }
+        )
+    return out
+
+
 def _series(
     traffic: dict[str, Any], walk: Walk, t0: float, fault_log: list[dict[str, Any]]
 ) -> dict[str, Any]:
     rows = {r["t"] - int(t0): {**r, "t": r["t"] - int(t0)} for r in traffic["series"]}
-    for op, field_name, column in (
-        ("backfill", "scanned", "backfill_rate"),
-        ("cleanup", "scanned", "cleanup_rate"),
-    ):
+    for op, column in (("backfill", "backfill_rate"), ("cleanup", "cleanup_rate")):
         samples = [s for s in walk.samples if s["op"] == op]
-        for a, b in itertools.pairwise(samples):
-            if b["t"] <= a["t"] or b[field_name] < a[field_name]:
-                continue
-            second = int(b["t"]) - int(t0)
-            rate = (b[field_name] - a[field_name]) / (b["t"] - a["t"])
+        for second, rate in per_second_rate(samples, "scanned", float(int(t0))).items():
             row = rows.setdefault(
                 second, {"t": second, "calls": 0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": {}}
             )
-            row[column] = round(rate, 1)
-            if op == "backfill":
-                row["backfill_rate_reported"] = round(b.get("rate", 0.0), 1)
+            row[column] = rate
     spans: dict[str, list[float]] = {}
     for name in ("backfill", "verify", "cleanup"):
         start = next((s["t"] for s in walk.steps if s["step"] == f"{name} start"), None)
@@ -345,6 +413,17 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {rpc} | {r['throughput']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
             f"| {r['p999_ms']:.1f} | {codes} |"
+        )
+    lines += [
+        "",
+        "| stretch of the migration | seconds | calls/s | p50 ms | p99 ms | p99 ms by RPC |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for phase in report["phases"]:
+        by_rpc = ", ".join(f"{rpc} {v}" for rpc, v in phase["p99_ms_by_rpc"].items())
+        lines.append(
+            f"| {phase['phase']} | {phase['seconds']} | {phase['calls_per_s']} | {phase['p50_ms']} "
+            f"| {phase['p99_ms']} | {by_rpc} |"
         )
     lines.append("")
     c = report["counts"]

@@ -155,6 +155,13 @@ class Recorder:
             )
         return rows
 
+    def latency_log(self) -> dict[int, dict[str, list[float]]]:
+        """Every successful call's latency (ms) by second and RPC, for figures over any stretch of time."""
+        return {
+            second: {rpc: [round(x * 1000, 2) for x in values] for rpc, values in by_rpc.items()}
+            for second, by_rpc in sorted(self.per_second.items())
+        }
+
 
 class Traffic:
     def __init__(self, config: dict[str, Any]):
@@ -454,6 +461,7 @@ class Traffic:
             "seconds": round(seconds, 2),
             "rpcs": self.rec.summary(self.duration),
             "series": self.rec.series(),
+            "latencies": self.rec.latency_log(),
             "drain": self.drain_rec.summary(max(seconds - self.duration, 1.0)),
             "unexpected_codes": self.rec.unexpected_count + self.drain_rec.unexpected_count,
             "unexpected_samples": self.rec.unexpected + self.drain_rec.unexpected,

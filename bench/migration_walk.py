@@ -56,6 +56,7 @@ class Walk:
     backfills_started: int = 0
     verification: verification_pb2.Verification | None = None
     cleanups: list[cleanup_pb2.Cleanup] = field(default_factory=list)
+    cleanup_runs: int = 0
     reached: str = "LEGACY_ONLY"
 
     # --- plumbing --------------------------------------------------------------------------------
@@ -293,7 +294,7 @@ class Walk:
 
         def on_event(event: cleanup_pb2.CleanupEvent) -> bool:
             c = event.cleanup
-            self._sample("cleanup", scanned=c.scanned, done=c.done, rate=c.rate)
+            self._sample("cleanup", run=self.cleanup_runs, scanned=c.scanned, done=c.done, rate=c.rate)
             if event.kind == cleanup_pb2.CLEANUP_EVENT_KIND_COMPLETED:
                 self.cleanups.append(c)
                 state["final"] = c
@@ -304,6 +305,7 @@ class Walk:
             return False
 
         self.step("cleanup start")
+        self.cleanup_runs += 1
         deadline = time.monotonic() + GIVE_UP_SECONDS * 4
         while state["final"] is None:
             if time.monotonic() > deadline:

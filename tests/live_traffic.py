@@ -118,7 +118,7 @@ class Traffic:
             for job_id in reply.job_ids:
                 self.jobs[job_id] = JobModel(workspace_id)
             self._count("execute")
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.05)
 
     async def _claimer(self) -> None:
         while not self._stop.is_set():
@@ -167,7 +167,7 @@ class Traffic:
             )
             self._check(reply.job, model, before, claims, "get")
             self._count("get")
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.01)
 
     def _check(self, job: pb.Job, model: JobModel, before: int, claims: tuple[int, int], how: str) -> None:
         state = ORDER.get(job.status, -1)
@@ -211,7 +211,7 @@ class Traffic:
                 elif job.workspace_id != workspace_id:
                     self.failures.append(f"list {workspace_id}: showed {job.job_id} of {job.workspace_id}")
             self._count("list")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
 
     async def _prober(self) -> None:
         workspaces = list(self.md)
@@ -235,7 +235,7 @@ class Traffic:
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
                     self.failures.append(f"updating {job_id} as {stranger}: {exc.code().name}, not NOT_FOUND")
             self._count("probe")
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)
 
     # --- at rest -----------------------------------------------------------------------------
     async def check_at_rest(self) -> None:

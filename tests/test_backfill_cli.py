@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 
 from click.testing import CliRunner
@@ -124,22 +123,15 @@ async def test_a_failed_backfill_exits_1():
 
 async def test_ctrl_c_detaches_and_the_backfill_keeps_running(relay, redis, keys):
     await seed_clean(redis, 3000)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RELAY_CREDENTIALS": "/nonexistent"}
-    argv = [
+    proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "relay.clients.relayctl",
-        "--target",
-        relay.target,
-        "--api-key",
-        keys.raw["admin"],
-    ]
-    argv += ["backfill", "start", "--execute", "--rps", "500"]
-    proc = subprocess.Popen(
-        [*argv[:2], "-c", "from relay.clients.relayctl import main; main()", *argv[3:]],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        "-c",
+        "from relay.clients.relayctl import main; main()",
+        *("--target", relay.target, "--api-key", keys.raw["admin"]),
+        *("backfill", "start", "--execute", "--rps", "500"),
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RELAY_CREDENTIALS": "/nonexistent"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
 
@@ -151,10 +143,11 @@ async def test_ctrl_c_detaches_and_the_backfill_keeps_running(relay, redis, keys
 
         await wait_until(running, within=20)
         proc.send_signal(signal.SIGINT)
-        out, err = await asyncio.to_thread(proc.communicate, timeout=20)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
+            await proc.wait()
     backfill_id = (await redis.get(KEYS.backfill_current)).decode()
     assert proc.returncode == 130, err
     assert f"relayctl backfill watch {backfill_id}" in err.decode()

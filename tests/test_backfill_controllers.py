@@ -175,3 +175,29 @@ async def test_two_controllers_never_run_two_backfills_and_either_can_drive_it(s
     assert refused[0].code() == grpc.StatusCode.FAILED_PRECONDITION
     assert ran[0][-1].kind == bpb.BACKFILL_EVENT_KIND_COMPLETED
     del stream
+
+
+async def test_dropped_redis_connections_neither_lose_nor_double_count_a_batch(relay, redis, keys):
+    seed = await seed_messy(redis, clean=3000)
+    done = asyncio.Event()
+
+    async def drop_connections() -> None:  # every client but this one loses its connection, again and again
+        while not done.is_set():
+            await asyncio.sleep(0.15)
+            await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+    dropping = asyncio.create_task(drop_connections())
+    try:
+        events = await asyncio.wait_for(
+            events_of(
+                relay.controller.StartBackfill(
+                    bpb.StartBackfillRequest(rate_limit=3000, batch_size=200), metadata=admin(keys)
+                )
+            ),
+            60,
+        )
+    finally:
+        done.set()
+        await dropping
+
+    await assert_exact(redis, events[-1].backfill, seed)

@@ -219,3 +219,27 @@ async def test_a_chain_of_runs_cut_inside_scan_steps_counts_every_key_once(relay
     assert migrated + p.migrated == 2000
     copied = {key.decode().rpartition(":")[2] async for key in redis.scan_iter(match="ai:job:*", count=1000)}
     assert copied == ids
+
+
+async def test_the_counts_are_the_old_systems_metrics(start_relay, redis, keys):
+    from prometheus_client import generate_latest
+
+    relay = await start_relay(metric_workspaces=("ws-a", "ws-b"))
+    seed = await seed_messy(redis, clean=300)
+
+    events = await run_backfill(relay, keys, batch_size=100)
+
+    batches = int(await redis.hget(KEYS.backfill(events[-1].backfill_id), "batches"))
+    text = generate_latest(relay.app.metrics.registry).decode()
+    samples = {
+        line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("relay_backfill_")
+    }
+    ws_a = [j for j in seed.migrated if (await redis.hget(KEYS.legacy_job(j), "workspace_id")) == b"ws-a"]
+    assert samples['relay_backfill_migrated_total{workspace_id="ws-a"}'] == len(ws_a)
+    assert samples['relay_backfill_skipped_total{reason="newer",workspace_id="ws-a"}'] == 1
+    assert samples['relay_backfill_skipped_total{reason="exists",workspace_id="ws-b"}'] == 1
+    assert samples['relay_backfill_errors_total{workspace_id="other"}'] == 1  # ws-c is not on the list
+    assert sum(v for k, v in samples.items() if k.startswith("relay_backfill_scanned_total")) == seed.total
+    assert samples["relay_backfill_duration_seconds_count"] == batches  # one per batch

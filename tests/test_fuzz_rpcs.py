@@ -196,6 +196,7 @@ async def test_every_rpc_refuses_bytes_that_are_no_message(world, rpc, body):
         for r in ALL_RPCS
         if any(f.type == f.TYPE_STRING and f.number == 1 for f in r.request.DESCRIPTOR.fields)
     ],
+    ids=repr,
 )
 async def test_a_string_that_is_not_utf8_is_invalid_argument(world, rpc):
     before = await world.digest()

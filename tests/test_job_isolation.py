@@ -24,7 +24,7 @@ NOWHERE = "ws-nowhere"
 
 @dataclass
 class World:
-    """One job per (workspace, layout); ``legacy`` as the old system wrote it, ``new`` only in the new layout."""
+    """A job per (workspace, layout): ``legacy`` written as the old system did, ``new`` in the new layout."""
 
     jobs: dict[tuple[str, str], str]
     missing: str
@@ -49,14 +49,20 @@ async def world(relay, redis, keys) -> World:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 async def test_get_job_returns_a_job_of_the_callers_workspace(relay, keys, world, layout):
-    job = (await relay.jobs.GetJob(pb.GetJobRequest(job_id=world.job("ws-a", layout)), metadata=keys.md("ws_a"))).job
+    job = (
+        await relay.jobs.GetJob(pb.GetJobRequest(job_id=world.job("ws-a", layout)), metadata=keys.md("ws_a"))
+    ).job
     assert (job.job_id, job.workspace_id) == (world.job("ws-a", layout), "ws-a")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 async def test_get_job_of_another_workspace_looks_exactly_like_a_missing_job(relay, keys, world, layout):
-    other = await refusal(relay.jobs.GetJob(pb.GetJobRequest(job_id=world.job("ws-b", layout)), metadata=keys.md("ws_a")))
-    missing = await refusal(relay.jobs.GetJob(pb.GetJobRequest(job_id=world.missing), metadata=keys.md("ws_a")))
+    other = await refusal(
+        relay.jobs.GetJob(pb.GetJobRequest(job_id=world.job("ws-b", layout)), metadata=keys.md("ws_a"))
+    )
+    missing = await refusal(
+        relay.jobs.GetJob(pb.GetJobRequest(job_id=world.missing), metadata=keys.md("ws_a"))
+    )
     assert other.code is grpc.StatusCode.NOT_FOUND
     assert other.reason == "JOB_NOT_FOUND"
     assert other.same_as(missing)
@@ -68,8 +74,12 @@ async def test_get_job_of_another_workspace_looks_exactly_like_a_missing_job(rel
 async def test_list_jobs_shows_the_callers_jobs_of_both_layouts_and_nothing_else(relay, keys, world):
     listed_a, _ = await list_all(relay.jobs, keys.md("ws_a"))
     listed_b, _ = await list_all(relay.jobs, keys.md("ws_b"))
-    assert sorted(j.job_id for j in listed_a) == sorted([world.job("ws-a", "legacy"), world.job("ws-a", "new")])
-    assert sorted(j.job_id for j in listed_b) == sorted([world.job("ws-b", "legacy"), world.job("ws-b", "new")])
+    assert sorted(j.job_id for j in listed_a) == sorted(
+        [world.job("ws-a", "legacy"), world.job("ws-a", "new")]
+    )
+    assert sorted(j.job_id for j in listed_b) == sorted(
+        [world.job("ws-b", "legacy"), world.job("ws-b", "new")]
+    )
     assert {j.workspace_id for j in listed_a} == {"ws-a"}
 
 
@@ -80,7 +90,9 @@ async def test_list_jobs_naming_the_callers_own_workspace_is_allowed(relay, keys
 
 @pytest.mark.parametrize("named", ["ws-b", NOWHERE])
 async def test_list_jobs_naming_another_workspace_is_permission_denied(relay, keys, world, named):
-    denied = await refusal(relay.jobs.ListJobs(pb.ListJobsRequest(workspace_id=named), metadata=keys.md("ws_a")))
+    denied = await refusal(
+        relay.jobs.ListJobs(pb.ListJobsRequest(workspace_id=named), metadata=keys.md("ws_a"))
+    )
     assert denied.code is grpc.StatusCode.PERMISSION_DENIED
     assert denied.metadata == {"field": "workspace_id"}
 
@@ -96,7 +108,9 @@ async def test_a_page_token_of_one_workspace_is_invalid_in_another(relay, keys, 
     first = await relay.jobs.ListJobs(pb.ListJobsRequest(page_size=1), metadata=keys.md("ws_a"))
     assert first.next_page_token
     stolen = await refusal(
-        relay.jobs.ListJobs(pb.ListJobsRequest(page_size=1, page_token=first.next_page_token), metadata=keys.md("ws_b"))
+        relay.jobs.ListJobs(
+            pb.ListJobsRequest(page_size=1, page_token=first.next_page_token), metadata=keys.md("ws_b")
+        )
     )
     assert stolen.code is grpc.StatusCode.INVALID_ARGUMENT
     assert stolen.reason == "PAGE_TOKEN_INVALID"
@@ -161,7 +175,9 @@ async def test_a_worker_naming_the_wrong_workspace_finds_nothing_and_changes_not
     )
     missing = await refusal(
         relay.jobs.UpdateJobStatus(
-            pb.UpdateJobStatusRequest(workspace_id="ws-a", job_id=world.missing, status=pb.JOB_STATUS_COMPLETED),
+            pb.UpdateJobStatusRequest(
+                workspace_id="ws-a", job_id=world.missing, status=pb.JOB_STATUS_COMPLETED
+            ),
             metadata=keys.md("worker"),
         )
     )
@@ -239,7 +255,9 @@ async def test_a_key_without_the_rpcs_scope_is_permission_denied_and_changes_not
 ):
     await write_legacy_job(redis, "ws-a", queue=True)
     before = await snapshot(redis)
-    denied = await refusal(getattr(relay.jobs, rpc)(_request(rpc, world.job("ws-a", "new")), metadata=keys.md(key)))
+    denied = await refusal(
+        getattr(relay.jobs, rpc)(_request(rpc, world.job("ws-a", "new")), metadata=keys.md(key))
+    )
     assert denied.code is grpc.StatusCode.PERMISSION_DENIED
     assert "scope" in denied.metadata
     assert await snapshot(redis) == before

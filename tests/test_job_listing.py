@@ -17,7 +17,7 @@ from relay.core.keys import KEYS
 from relay.core.page_token import PageTokenCodec
 from relay.core.stages import Stage
 from relay.v1 import job_service_pb2 as pb
-from tests.job_testkit import execute, list_all, refusal, write_legacy_job, write_legacy_jobs
+from tests.job_testkit import execute, list_all, refusal, write_legacy_jobs
 
 LEGACY_READING = [Stage.LEGACY_ONLY, Stage.DUAL_WRITE, Stage.READ_NEW]
 
@@ -111,7 +111,9 @@ async def test_a_token_reused_with_another_status_filter_is_invalid(relay, keys)
         )
         assert (reused.code, reused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_FILTERS")
     # Changing page_size is allowed (AIP-158).
-    reply = await relay.jobs.ListJobs(pb.ListJobsRequest(page_size=3, page_token=first.next_page_token), metadata=md)
+    reply = await relay.jobs.ListJobs(
+        pb.ListJobsRequest(page_size=3, page_token=first.next_page_token), metadata=md
+    )
     assert len(reply.jobs) == 3
 
 
@@ -133,11 +135,19 @@ async def test_forged_truncated_and_bit_flipped_tokens_are_invalid(relay, keys):
         "x" * 5000,
         "\u00e9t\u00e9.\u00e9t\u00e9",
     ]
-    bad += [token[:n] + chr(ord(token[n]) ^ (1 << bit)) + token[n + 1 :] for n in (0, 7, len(token) - 1) for bit in range(7)]
+    bad += [
+        token[:n] + chr(ord(token[n]) ^ (1 << bit)) + token[n + 1 :]
+        for n in (0, 7, len(token) - 1)
+        for bit in range(7)
+    ]
     assert (await relay.jobs.ListJobs(pb.ListJobsRequest(page_size=5, page_token=bad[0]), metadata=md)).jobs
     for forged in bad[1:]:
-        refused = await refusal(relay.jobs.ListJobs(pb.ListJobsRequest(page_size=5, page_token=forged), metadata=md))
-        assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID"), forged
+        refused = await refusal(
+            relay.jobs.ListJobs(pb.ListJobsRequest(page_size=5, page_token=forged), metadata=md)
+        )
+        assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID"), (
+            forged
+        )
 
 
 async def test_an_empty_workspace_lists_one_empty_page_that_ends(relay, keys):
@@ -193,7 +203,9 @@ async def test_a_page_of_legacy_jobs_costs_a_bounded_number_of_scans(start_relay
     token, pages = "", 0
     while True:
         await redis.config_resetstat()
-        reply = await relay.jobs.ListJobs(pb.ListJobsRequest(page_size=10, page_token=token), metadata=keys.md("ws_a"))
+        reply = await relay.jobs.ListJobs(
+            pb.ListJobsRequest(page_size=10, page_token=token), metadata=keys.md("ws_a")
+        )
         stats = await redis.info("commandstats")
         scans = stats.get("cmdstat_scan", {}).get("calls", 0)
         hash_reads = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("hgetall", "hmget", "hget"))
@@ -215,7 +227,9 @@ async def test_legacy_paging_survives_the_keyspace_growing_between_pages(start_r
     seen: list[str] = []
     token = ""
     for page in range(1000):
-        reply = await relay.jobs.ListJobs(pb.ListJobsRequest(page_size=7, page_token=token), metadata=keys.md("ws_a"))
+        reply = await relay.jobs.ListJobs(
+            pb.ListJobsRequest(page_size=7, page_token=token), metadata=keys.md("ws_a")
+        )
         seen += [j.job_id for j in reply.jobs]
         token = reply.next_page_token
         if not token:
@@ -253,3 +267,34 @@ async def test_a_mix_of_layouts_lists_every_visible_job_exactly_once(start_relay
     indexed_part = [j for j in listed if j.job_id not in set(raw_legacy)]
     assert _newest_first(indexed_part)
     assert listed[: len(indexed_part)] == indexed_part, "indexed jobs come first, newest first"
+
+
+# --- the boundary between the index and the legacy scan --------------------------------------------
+
+
+async def test_every_page_size_crosses_from_the_index_to_legacy_jobs_without_a_gap(relay, redis, keys):
+    indexed = await execute(relay.jobs, keys.md("ws_a"), count=10)
+    legacy = await write_legacy_jobs(redis, "ws-a", 5)
+    for page_size in range(1, 17):
+        listed, pages = await list_all(relay.jobs, keys.md("ws_a"), page_size=page_size)
+        assert [j.job_id for j in listed[:10]] == [j.job_id for j in listed[:10] if j.job_id in indexed]
+        assert Counter(j.job_id for j in listed) == Counter(indexed + legacy), page_size
+        assert pages <= 15 // page_size + 2
+
+
+async def test_a_filter_that_skips_most_of_the_index_still_pages_to_the_end(relay, keys):
+    """A page examines a bounded number of index entries; it may come back short, never stuck."""
+    done = await execute(relay.jobs, keys.md("ws_a"), count=5)
+    await asyncio.gather(
+        *(
+            relay.jobs.UpdateJobStatus(
+                pb.UpdateJobStatusRequest(workspace_id="ws-a", job_id=j, status=pb.JOB_STATUS_COMPLETED),
+                metadata=keys.md("worker"),
+            )
+            for j in done
+        )
+    )
+    await _fill(relay, keys, 2500, per_call=100)  # newer, pending: examined before the completed ones
+    listed, pages = await list_all(relay.jobs, keys.md("ws_a"), page_size=10, status=pb.JOB_STATUS_COMPLETED)
+    assert sorted(j.job_id for j in listed) == sorted(done)
+    assert pages >= 2

@@ -77,7 +77,9 @@ async def test_updating_a_new_only_job_creates_no_legacy_record(start_relay, red
     relay = await start_relay(stage=stage)
     [job_id] = await execute(relay.jobs, keys.md("ws_a"))
     await redis.delete(KEYS.legacy_job(job_id))
-    await relay.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_FAILED, error="boom"), metadata=keys.md("worker"))
+    await relay.jobs.UpdateJobStatus(
+        _update(job_id, pb.JOB_STATUS_FAILED, error="boom"), metadata=keys.md("worker")
+    )
     assert await redis.exists(KEYS.legacy_job(job_id)) == 0
     new = await _hash(redis, KEYS.new_job("ws-a", job_id))
     assert (new["status"], new["error"]) == ("failed", "boom")
@@ -91,7 +93,10 @@ async def test_updating_a_job_in_both_layouts_keeps_the_copies_equal(start_relay
     await relay.jobs.UpdateJobStatus(
         _update(job_id, pb.JOB_STATUS_COMPLETED, result=_result([1, "two"])), metadata=keys.md("worker")
     )
-    legacy, new = await _hash(redis, KEYS.legacy_job(job_id)), await _hash(redis, KEYS.new_job("ws-a", job_id))
+    legacy, new = (
+        await _hash(redis, KEYS.legacy_job(job_id)),
+        await _hash(redis, KEYS.new_job("ws-a", job_id)),
+    )
     assert legacy == new
     assert (new["status"], new["result"], new["rev"]) == ("completed", '[1,"two"]', "3")
 
@@ -103,7 +108,9 @@ async def test_once_legacy_is_left_behind_a_legacy_only_job_is_not_found_and_unc
     relay = await start_relay(stage=stage)
     job_id = await write_legacy_job(redis, "ws-a")
     before = await snapshot(redis)
-    missing = await refusal(relay.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_RUNNING), metadata=keys.md("worker")))
+    missing = await refusal(
+        relay.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_RUNNING), metadata=keys.md("worker"))
+    )
     assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
     assert await snapshot(redis) == before
 
@@ -118,14 +125,18 @@ async def test_at_new_only_an_update_writes_the_new_copy_only(start_relay, redis
     assert (await _hash(redis, KEYS.new_job("ws-a", job_id)))["status"] == "running"
 
 
-async def test_updates_made_while_rolled_back_to_legacy_only_are_not_lost_going_forward(start_relay, redis, keys):
+async def test_updates_made_while_rolled_back_to_legacy_only_are_not_lost_going_forward(
+    start_relay, redis, keys
+):
     """Rolled back to legacy only, updates write the legacy copy; the next update at a later stage brings
     the new copy up to date whole, not just the fields it changes."""
     forward = await start_relay(stage=Stage.READ_NEW)
     back = await start_relay(stage=Stage.LEGACY_ONLY)
     [job_id] = await execute(forward.jobs, keys.md("ws_a"))
     md = keys.md("worker")
-    await back.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_RUNNING, result=_result({"partial": 1})), metadata=md)
+    await back.jobs.UpdateJobStatus(
+        _update(job_id, pb.JOB_STATUS_RUNNING, result=_result({"partial": 1})), metadata=md
+    )
     seen = (await forward.jobs.GetJob(pb.GetJobRequest(job_id=job_id), metadata=keys.md("ws_a"))).job
     assert (seen.status, seen.result.struct_value["partial"]) == (pb.JOB_STATUS_RUNNING, 1)
     await forward.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_COMPLETED), metadata=md)
@@ -155,7 +166,9 @@ async def test_a_finished_job_cannot_change_status(relay, redis, keys, final, la
 
 async def test_a_job_finished_by_the_old_system_cannot_change_status(relay, redis, keys):
     job_id = await write_legacy_job(redis, "ws-a", status="completed", result='{"ok": true}')
-    refused = await refusal(relay.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_RUNNING), metadata=keys.md("worker")))
+    refused = await refusal(
+        relay.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_RUNNING), metadata=keys.md("worker"))
+    )
     assert refused.code is grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -171,7 +184,9 @@ async def test_running_twice_keeps_the_first_start_time(relay, redis, keys):
 
 async def test_finishing_a_pending_job_sets_both_times(relay, keys):
     [job_id] = await execute(relay.jobs, keys.md("ws_a"))
-    job = (await relay.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_COMPLETED), metadata=keys.md("worker"))).job
+    job = (
+        await relay.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_COMPLETED), metadata=keys.md("worker"))
+    ).job
     assert job.HasField("start_time") and job.HasField("finish_time")
     assert job.enqueue_time.ToDatetime() <= job.start_time.ToDatetime() <= job.finish_time.ToDatetime()
 
@@ -179,7 +194,9 @@ async def test_finishing_a_pending_job_sets_both_times(relay, keys):
 # --- ClaimJob ---------------------------------------------------------------------------------------
 
 
-async def test_claim_takes_jobs_from_both_queues_oldest_first_and_marks_them_running(start_relay, redis, keys):
+async def test_claim_takes_jobs_from_both_queues_oldest_first_and_marks_them_running(
+    start_relay, redis, keys
+):
     relay = await start_relay(stage=Stage.READ_NEW)
     legacy_era = await start_relay(stage=Stage.LEGACY_ONLY)
     oldest = await write_legacy_job(redis, "ws-b", queue=True, enqueued_at=old_timestamp(0))
@@ -200,7 +217,9 @@ async def test_claim_takes_jobs_from_both_queues_oldest_first_and_marks_them_run
 
 async def test_many_concurrent_workers_get_each_job_exactly_once(start_relay, redis, keys):
     relay = await start_relay(stage=Stage.READ_NEW)
-    legacy = [await write_legacy_job(redis, "ws-b", queue=True, enqueued_at=old_timestamp(n)) for n in range(15)]
+    legacy = [
+        await write_legacy_job(redis, "ws-b", queue=True, enqueued_at=old_timestamp(n)) for n in range(15)
+    ]
     new = await execute(relay.jobs, keys.md("ws_a"), count=15)
     replicas = [relay, await start_relay(stage=Stage.READ_NEW)]
     jobs = await asyncio.gather(*(_claim(replicas[n % 2], keys) for n in range(45)))
@@ -229,7 +248,8 @@ async def test_a_claimed_job_can_then_be_completed_by_the_worker(relay, keys):
     [job_id] = await execute(relay.jobs, keys.md("ws_a"))
     job = await _claim(relay, keys)
     done = await relay.jobs.UpdateJobStatus(
-        _update(job.job_id, pb.JOB_STATUS_COMPLETED, workspace_id=job.workspace_id), metadata=keys.md("worker")
+        _update(job.job_id, pb.JOB_STATUS_COMPLETED, workspace_id=job.workspace_id),
+        metadata=keys.md("worker"),
     )
     assert (done.job.job_id, done.job.status) == (job_id, pb.JOB_STATUS_COMPLETED)
 

@@ -58,17 +58,25 @@ async def backfill(relay, md) -> None:
 
 
 async def legacy_jobs_settled(redis) -> None:
-    """Wait until workers have taken every job that still has a legacy copy (cleanup keeps pending ones)."""
-    for _ in range(500):
+    """Wait until workers have taken every job that still has a legacy copy (cleanup keeps pending ones).
+
+    A job's state is its new copy's: in NEW_ONLY updates no longer reach the legacy copy.
+    """
+    for _ in range(600):
         keys = [key async for key in redis.scan_iter(match="ai:jobs:*", count=1000)]
         pipe = redis.pipeline(transaction=False)
         for key in keys:
-            pipe.hget(key, "status")
-        pending = sum(1 for status in await pipe.execute(raise_on_error=False) if status == b"pending")
+            pipe.hget(key, "workspace_id")
+        workspaces = await pipe.execute(raise_on_error=False)
+        pipe = redis.pipeline(transaction=False)
+        for key, ws in zip(keys, workspaces, strict=True):
+            if isinstance(ws, bytes):
+                pipe.hget(KEYS.new_job(ws.decode(), key.decode()[len("ai:jobs:") :]), "status")
+        pending = sum(1 for status in await pipe.execute() if status == b"pending")
         if not pending:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{pending} legacy jobs still pending")
+    raise AssertionError(f"{pending} jobs with a legacy copy still pending")
 
 
 async def walk_forward(relay, md, traffic: Traffic, redis) -> None:

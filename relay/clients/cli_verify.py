@@ -25,7 +25,7 @@ STATE_NAMES = {
 
 def diff_table(result: pb.Verification) -> Table:
     table = Table(title=f"Verification {result.verification_id}", title_justify="left")
-    for heading in ("workspace", "matching", "missing", "differing", "only new", "unlisted"):
+    for heading in ("workspace", "matching", "missing", "differing", "only new", "unlisted", "legacy behind"):
         table.add_column(heading, justify="left" if heading == "workspace" else "right")
     table.add_column("differing fields")
     for diff in result.workspaces:
@@ -34,7 +34,14 @@ def diff_table(result: pb.Verification) -> Table:
             diff.workspace_id,
             *(
                 f"{n:,}"
-                for n in (diff.matching, diff.missing_in_new, diff.differing, diff.only_in_new, diff.unlisted)
+                for n in (
+                    diff.matching,
+                    diff.missing_in_new,
+                    diff.differing,
+                    diff.only_in_new,
+                    diff.unlisted,
+                    diff.legacy_behind,
+                )
             ),
             fields or "-",
         )

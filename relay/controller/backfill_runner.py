@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.asyncio import Redis
 
@@ -59,6 +62,7 @@ from relay.core.telemetry import Metrics
 from relay.v1 import backfill_pb2 as pb
 
 log = logging.getLogger("relay.backfill")
+T = TypeVar("T")
 
 #: Times a batch is read again when the copy finds it changed since the read.
 STALE_RETRIES = 5
@@ -223,7 +227,7 @@ class BackfillRunner:
         cursor, scanned = rec.cursor, rec.counts.scanned
         try:
             while True:
-                batch = await self._read(cursor, scanned, self._skip_at(cursor))
+                batch = await _retrying(functools.partial(self._read, cursor, scanned, self._skip_at(cursor)))
                 await out.put(batch)
                 if batch.last:
                     return
@@ -248,46 +252,33 @@ class BackfillRunner:
     async def _apply(self, batch: Batch) -> tuple[Batch, CopyReply]:
         for _ in range(STALE_RETRIES + 1):
             if self.dry:
-                reply = await self._copier.decide(batch, self.record.backfill_id)
+                reply = await _retrying(
+                    functools.partial(self._copier.decide, batch, self.record.backfill_id)
+                )
             else:
                 reply = await self._copy(batch)
             if reply.status == "OK":
                 return batch, reply
             if reply.status == "FENCED":
                 raise Fenced("another controller took the backfill over")
-            batch = await self._reader.reread(batch)
+            batch = await _retrying(functools.partial(self._reader.reread, batch))
         raise RuntimeError(f"the legacy records of a batch kept changing during {STALE_RETRIES + 1} copies")
 
     async def _copy(self, batch: Batch) -> CopyReply:
         rec = self.record
         before = rec.batches
         fields = self._checkpoint(batch)
-        deadline = time.monotonic() + TRANSIENT_RETRY_SECONDS
-        uncertain = False
-        while True:
-            try:
-                reply = await self._copier.copy(batch, rec.backfill_id, rec.token, before, fields)
-            except TRANSIENT_STORE_ERRORS as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("backfill batch retried: %s", type(exc).__name__)
-                uncertain = True
-                await asyncio.sleep(0.5)
-                continue
-            if reply.status == "FENCED" and uncertain:
-                # The connection dropped after the batch went through: take its counts from Redis.
-                stored = await self._store.load(rec.backfill_id)
-                if stored is not None and stored.token == rec.token and stored.batches == before + 1:
-                    rec.invalid_ids = stored.invalid_ids
-                    return CopyReply(
-                        "OK",
-                        "",
-                        {name: getattr(stored.counts, name) for name in COUNT_FIELDS},
-                        stored.control,
-                        stored.rate_limit_now,
-                        stored.batch_size_now,
-                    )
+        reply = await _retrying(lambda: self._copier.copy(batch, rec.backfill_id, rec.token, before, fields))
+        if reply.status != "FENCED":
             return reply
+        # Sent again after a dropped connection (by us or by the client library), the batch may already
+        # have gone through: then the state holds our token and one batch more. Take its counts from there.
+        stored = await _retrying(lambda: self._store.load(rec.backfill_id))
+        if stored is None or stored.token != rec.token or stored.batches != before + 1:
+            return reply
+        rec.invalid_ids = stored.invalid_ids
+        counts = {name: getattr(stored.counts, name) for name in COUNT_FIELDS}
+        return CopyReply("OK", "", counts, stored.control, stored.rate_limit_now, stored.batch_size_now)
 
     def _skip_at(self, cursor: str) -> frozenset[bytes] | None:
         """The keys the continued backfill handled, while a step from ``cursor`` may return them."""
@@ -422,7 +413,10 @@ class BackfillRunner:
         if self._brake.ceiling <= 0 or now - self._last_probe < PROBE_EVERY_SECONDS:
             return
         self._last_probe = now
-        await self._redis.ping()
+        try:
+            await self._redis.ping()
+        except TRANSIENT_STORE_ERRORS:
+            return  # the next batch retries, or fails, on its own
         latency = time.monotonic() - now
         # Two probes in a row must be slow: one slow answer is as often this process waiting for a CPU.
         sustained = min(latency, self._last_latency)
@@ -468,7 +462,7 @@ class BackfillRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), PAUSE_POLL_SECONDS)
             if not self.dry:
-                control, rate, batch = await self._store.controls(rec.backfill_id)
+                control, rate, batch = await _retrying(lambda: self._store.controls(rec.backfill_id))
                 self.poke(control, rate, batch)
         await self._set_state(RUNNING, "resumed by an operator")
         self._publish(pb.BACKFILL_EVENT_KIND_RESUMED, rec.reason)
@@ -489,7 +483,8 @@ class BackfillRunner:
             await self._write({"state": state, "reason": reason, "update_time": rec.update_time})
 
     async def _write(self, values: dict[str, str], indexed_by: str = "") -> None:
-        if not await self._store.write(self.record.backfill_id, self.record.token, values, indexed_by):
+        rec = self.record
+        if not await _retrying(lambda: self._store.write(rec.backfill_id, rec.token, values, indexed_by)):
             raise Fenced("another controller took the backfill over")
 
     # --- endings -----------------------------------------------------------------------------
@@ -576,3 +571,19 @@ class BackfillRunner:
                 and time.monotonic() - self._last_progress >= PROGRESS_MAX_SECONDS
             ):
                 self._publish(pb.BACKFILL_EVENT_KIND_PROGRESS)
+
+
+async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` again while Redis is unreachable, for up to TRANSIENT_RETRY_SECONDS (a batch and its
+    checkpoint are one Lua step, so nothing is half done meanwhile)."""
+    deadline = time.monotonic() + TRANSIENT_RETRY_SECONDS
+    pause = 0.02
+    while True:
+        try:
+            return await call()
+        except TRANSIENT_STORE_ERRORS as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("backfill retries a Redis call: %s", type(exc).__name__)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)

@@ -24,8 +24,9 @@ rules, each refusing with a reason the operator can act on:
   needs a complete reverse copy that started after legacy writes *resumed*: jobs enqueued while the stage
   was still new-only exist only in the new layout. So a rollback from NEW_ONLY goes through READ_NEW or
   DUAL_WRITE, with a reverse copy on each side of the resume.
-- Any other backward move is free: every stage from DUAL_WRITE on reads both layouts and writes every copy
-  that exists, so nothing written can be hidden by it.
+- Any other backward move is free: DUAL_WRITE and READ_NEW read both layouts (the higher revision wins)
+  and write every copy that exists, and LEGACY_ONLY is reached this way only while legacy writes never
+  stopped, so the legacy layout holds every job at its latest revision.
 """
 
 from __future__ import annotations

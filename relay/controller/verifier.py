@@ -3,8 +3,10 @@
 Two passes over the keyspace, each a SCAN with pipelined reads, one batch in memory at a time:
 
 1. every legacy key (``ai:jobs:*``): not a hash or no valid workspace id counts as *invalid*; else its
-   new copy is *missing*, *differing* (by data field, ``rev`` being bookkeeping) or *matching*, and a copy
-   absent from its workspace's listing index is also *unlisted*;
+   new copy is *missing*, *differing* (other data, and not a higher ``rev``), *legacy behind* (other
+   data and a higher ``rev``: updated while only the new layout was written, which JobService serves
+   anyway; only a rollback needs it copied back) or *matching*, and a copy absent from its workspace's
+   listing index is also *unlisted*;
 2. every new key (``ai:job:*``): one without a legacy copy of the same workspace is *only in new*.
 
 A record that looks missing or differing is read again, both copies in one MULTI, so a live write between
@@ -47,6 +49,7 @@ class WorkspaceCounts:
     differing: int = 0
     only_in_new: int = 0
     unlisted: int = 0
+    legacy_behind: int = 0
     fields: dict[str, int] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
 
@@ -271,7 +274,9 @@ class Verifier:
                 counts.sample(job_id)
                 continue
             differing = codec.differing_fields(new, legacy)
-            if differing:
+            if differing and codec.revision(new) > codec.revision(legacy):
+                counts.legacy_behind += 1  # updated since legacy writes stopped: the new copy is the truth
+            elif differing:
                 counts.differing += 1
                 counts.sample(job_id)
                 for name in differing:

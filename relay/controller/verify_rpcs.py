@@ -59,6 +59,7 @@ def verification_proto(run: VerificationRun) -> pb.Verification:
                 differing=counts.differing,
                 only_in_new=counts.only_in_new,
                 unlisted=counts.unlisted,
+                legacy_behind=counts.legacy_behind,
                 differing_fields=counts.fields,
                 sample_job_ids=counts.samples,
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,8 @@ from redis.asyncio import Redis
 from relay.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from relay.core.ids import is_workspace_id
 from relay.core.keys import KEYS
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 SCOPE_EXECUTE = "actions:execute"
 SCOPE_PREVIEW = "actions:preview"
@@ -72,18 +75,33 @@ def check_key_spec(workspace_id: str, scopes: Sequence[str]) -> frozenset[str]:
 
 def load_key_file(path: str | Path) -> dict[str, Principal]:
     """Principals by key digest. A malformed file stops start-up: running with half the keys is worse."""
-    entries = json.loads(Path(path).read_text())
+    try:
+        entries = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from None
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of keys")
     principals: dict[str, Principal] = {}
     for n, entry in enumerate(entries):
-        key = str(entry.get("key", ""))
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: entry {n} is not an object")
+        key = str(entry.get("key") or "")
         if not key:
             raise ValueError(f"{path}: entry {n} has no key")
         digest = key.removeprefix("sha256:").lower() if key.startswith("sha256:") else digest_of(key)
+        if not _SHA256_HEX.fullmatch(digest):
+            raise ValueError(f"{path}: entry {n}: a sha256: key must be 64 hex digits")
+        if digest in principals:
+            raise ValueError(f"{path}: entry {n} repeats the key of an earlier entry")
         workspace_id = str(entry.get("workspace_id") or "")
-        scopes = check_key_spec(workspace_id, list(entry.get("scopes") or []))
-        principals[digest] = Principal(digest, workspace_id, scopes)
+        scopes = entry.get("scopes")
+        try:
+            if not isinstance(scopes, list):
+                raise InvalidArgument("scopes", "must be a list")
+            scope_set = check_key_spec(workspace_id, [str(s) for s in scopes])
+        except InvalidArgument as exc:
+            raise ValueError(f"{path}: entry {n}: {exc.message}") from None
+        principals[digest] = Principal(digest, workspace_id, scope_set)
     return principals
 
 

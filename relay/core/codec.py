@@ -100,7 +100,7 @@ def new_record(
 
 def decode(raw: dict[bytes, bytes] | dict[str, str]) -> Record:
     return {
-        (k.decode() if isinstance(k, bytes) else k): (
+        (k.decode("utf-8", "replace") if isinstance(k, bytes) else k): (
             v.decode("utf-8", "replace") if isinstance(v, bytes) else v
         )
         for k, v in raw.items()
@@ -114,14 +114,44 @@ def revision(record: Record) -> int:
         return 0
 
 
+#: JSON nesting carried as Struct/Value at most. Each level costs protobuf two message levels and parsers
+#: stop at 100, so deeper params are refused on the way in and served as text on the way out.
+MAX_JSON_DEPTH = 32
+
+
+class NotStorableJson(ValueError):
+    """A Struct or Value that cannot be stored as JSON text; the message says why."""
+
+
 def struct_json(value: struct_pb2.Struct) -> str:
-    """The JSON text stored for params. Raises ValueError for NaN or infinite numbers (not JSON)."""
-    return json.dumps(_integral(json_format.MessageToDict(value)), separators=(",", ":"), sort_keys=True)
+    """The JSON text stored for params."""
+    return _storable_json(value)
 
 
 def value_json(value: struct_pb2.Value) -> str:
-    """The JSON text stored for a result. Raises ValueError for NaN or infinite numbers (not JSON)."""
-    return json.dumps(_integral(json_format.MessageToDict(value)), separators=(",", ":"), sort_keys=True)
+    """The JSON text stored for a result."""
+    return _storable_json(value)
+
+
+def _storable_json(value: struct_pb2.Struct | struct_pb2.Value) -> str:
+    try:
+        data = json_format.MessageToDict(value)
+    except ValueError:  # protobuf refuses NaN and infinities: JSON has no such numbers
+        raise NotStorableJson("must not hold NaN or Infinity") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise NotStorableJson(f"must nest at most {MAX_JSON_DEPTH} levels deep")
+    return json.dumps(_integral(data), separators=(",", ":"), sort_keys=True)
+
+
+def json_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in a decoded JSON value (0 for a scalar); without recursion."""
+    depth, level = 0, [value]
+    while True:
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            return depth
+        depth += 1
+        level = [item for c in containers for item in (c.values() if isinstance(c, dict) else c)]
 
 
 #: Doubles up to this magnitude hold every integer exactly.
@@ -161,7 +191,7 @@ def to_proto(record: Record) -> pb.Job:
     params = record.get("params", "")
     if params:
         ok, value = _loads(params)
-        if ok and isinstance(value, dict):
+        if ok and isinstance(value, dict) and json_depth(value) <= MAX_JSON_DEPTH:
             try:
                 job.params.update(value)
             except (ValueError, TypeError):
@@ -171,7 +201,7 @@ def to_proto(record: Record) -> pb.Job:
     result = record.get("result", "")
     if result:
         ok, value = _loads(result)
-        if ok:
+        if ok and json_depth(value) <= MAX_JSON_DEPTH:
             try:
                 json_format.ParseDict(value, job.result)
             except (json_format.ParseError, ValueError, TypeError):

@@ -44,17 +44,17 @@ class StageView:
         self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._listen())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        # Cancel until done: on Python 3.11, asyncio.wait_for (which redis-py uses around socket writes)
+        # swallows a cancel that arrives as its inner future completes, and the task runs on.
+        tasks, self._tasks = self._tasks, []
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=0.1)
+            tasks = list(pending)
 
     async def _poll(self) -> None:
         while True:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races a wake-up,
-            # and stop() then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._refresh_seconds):
                     await self._changed.wait()

@@ -138,8 +138,8 @@ def _optional_workspace_id(value: str) -> str:
 def _json_of(encode: Callable[[T], str], value: T, field: str) -> str:
     try:
         return encode(value)
-    except ValueError:
-        raise InvalidArgument(field, "must be JSON: NaN and Infinity are not numbers there") from None
+    except codec.NotStorableJson as exc:
+        raise InvalidArgument(field, str(exc)) from None
 
 
 def _required_name(value: str, field: str) -> str:
