@@ -82,6 +82,8 @@ async def test_a_dry_run_counts_and_writes_nothing_at_all(start_relay, keys, red
     assert events[-1].kind == pb.CLEANUP_EVENT_KIND_COMPLETED and result.dry_run
     assert (result.done, result.queue_entries_removed, result.idempotency_deleted) == (5, 2, 1)
     assert "an execute would be refused now" in events[0].cleanup.reason
+    again = (await cleanup(relay.controller, md, dry_run=True, batch_size=2))[-1].cleanup
+    assert (again.done, again.queue_entries_removed, again.idempotency_deleted) == (5, 2, 1)
     assert await snapshot(redis) == before
 
 

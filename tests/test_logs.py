@@ -23,10 +23,11 @@ from relay.core.stage_store import write_stage
 from relay.core.stages import Stage, StageSetting
 from relay.v1 import job_service_pb2 as pb
 from relay.v1 import job_service_pb2_grpc
-from tests.conftest import free_port, start_redis_server, stop_redis_server
+from tests.conftest import RedisServer, free_port, start_redis_server, stop_redis_server
 
 
-def format_one(record_args: dict[str, object], extra: dict[str, object] | None = None) -> dict[str, object]:
+def format_one(msg: str, *args: object, extra: dict[str, object] | None = None) -> dict[str, object]:
+    """One record through the formatter ``relay serve`` uses, parsed back."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logs.JsonFormatter())
@@ -35,7 +36,7 @@ def format_one(record_args: dict[str, object], extra: dict[str, object] | None =
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     try:
-        logger.info(str(record_args["msg"]), *record_args.get("args", ()), extra=extra)  # type: ignore[arg-type]
+        logger.info(msg, *args, extra=extra)
     finally:
         logger.removeHandler(handler)
     [line] = stream.getvalue().splitlines()
@@ -43,7 +44,7 @@ def format_one(record_args: dict[str, object], extra: dict[str, object] | None =
 
 
 def test_a_line_is_one_json_object_with_time_level_logger_and_message():
-    line = format_one({"msg": "copied %d keys", "args": (3,)})
+    line = format_one("copied %d keys", 3)
     assert line["message"] == "copied 3 keys" and line["level"] == "INFO"
     assert line["logger"] == "relay.test-logs" and line["time"].endswith("+00:00")
     assert "request_id" not in line
@@ -52,15 +53,13 @@ def test_a_line_is_one_json_object_with_time_level_logger_and_message():
 def test_the_current_request_id_is_on_every_line():
     token = logs.request_id.set("req-77")
     try:
-        assert format_one({"msg": "x"})["request_id"] == "req-77"
+        assert format_one("x")["request_id"] == "req-77"
     finally:
         logs.request_id.reset(token)
 
 
 def test_only_allow_listed_extra_fields_are_kept():
-    line = format_one(
-        {"msg": "x"}, extra={"job_id": "j1", "params": {"secret": 1}, "result": "r", "method": "m"}
-    )
+    line = format_one("x", extra={"job_id": "j1", "params": {"secret": 1}, "result": "r", "method": "m"})
     assert line["job_id"] == "j1" and line["method"] == "m"
     assert "params" not in line and "result" not in line
 
@@ -81,7 +80,7 @@ def test_configure_installs_one_json_handler_on_the_root_logger():
 
 
 @pytest.fixture
-def own_redis() -> Iterator[object]:
+def own_redis() -> Iterator[RedisServer]:
     srv = start_redis_server()
     yield srv
     stop_redis_server(srv)
@@ -118,7 +117,9 @@ async def _code_of(call: grpc.aio.UnaryUnaryCall) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-async def test_params_and_results_never_appear_in_the_logs_at_any_level(own_redis, tmp_path: Path):
+async def test_params_and_results_never_appear_in_the_logs_at_any_level(
+    own_redis: RedisServer, tmp_path: Path
+):
     marker = "SECRET-" + os.urandom(8).hex()
     raw = {name: f"k-{name}-{os.urandom(6).hex()}" for name in ("ws", "worker")}
     keys_file = tmp_path / "keys.json"
@@ -134,7 +135,7 @@ async def test_params_and_results_never_appear_in_the_logs_at_any_level(own_redi
     log_path = tmp_path / "relay.log"
     env = {
         **os.environ,
-        "REDIS_URL": own_redis.url,  # type: ignore[attr-defined]
+        "REDIS_URL": own_redis.url,
         "RELAY_API_KEYS_FILE": str(keys_file),
         "RELAY_LISTEN": f"127.0.0.1:{port}",
         "RELAY_METRICS_LISTEN": "",
@@ -166,7 +167,7 @@ async def test_params_and_results_never_appear_in_the_logs_at_any_level(own_redi
             served.append(str(await jobs.UpdateJobStatus(done, metadata=worker)))
 
             # Shadow reads compare both copies of a job and log what differs: names, never values.
-            admin = Redis.from_url(own_redis.url)  # type: ignore[attr-defined]
+            admin = Redis.from_url(own_redis.url)
             await write_stage(admin, "ws-a", StageSetting(Stage.READ_NEW, shadow_reads=True))
             await admin.hset(f"ai:jobs:{job_id}", "result", json.dumps({"a": marker + "-old"}))
             await admin.aclose()
@@ -206,7 +207,7 @@ async def test_params_and_results_never_appear_in_the_logs_at_any_level(own_redi
                 grpc.StatusCode.INVALID_ARGUMENT,
             ]
             # The store goes away: the failure is logged as a warning, still without the request.
-            stop_redis_server(own_redis)  # type: ignore[arg-type]
+            stop_redis_server(own_redis)
             unavailable = await _code_of(jobs.Execute(pb.ExecuteRequest(actions=[action]), metadata=ws))
             assert unavailable == grpc.StatusCode.UNAVAILABLE
     finally:

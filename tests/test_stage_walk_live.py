@@ -48,13 +48,12 @@ async def step(relay, md, stage: Stage, traffic: Traffic) -> None:
 
 async def backfill(relay, md) -> None:
     call = relay.controller.StartBackfill(backfill_pb2.StartBackfillRequest(batch_size=50), metadata=md)
+    ended = (backfill_pb2.BACKFILL_EVENT_KIND_COMPLETED, backfill_pb2.BACKFILL_EVENT_KIND_FAILED)
     async for event in call:
-        if event.kind in (
-            backfill_pb2.BACKFILL_EVENT_KIND_COMPLETED,
-            backfill_pb2.BACKFILL_EVENT_KIND_FAILED,
-        ):
+        if event.kind in ended:
             assert event.kind == backfill_pb2.BACKFILL_EVENT_KIND_COMPLETED, event
             break
+    call.cancel()
 
 
 async def legacy_jobs_settled(redis) -> None:

@@ -37,6 +37,8 @@ async def messy_dataset(redis) -> dict[str, str]:
     await copy_to_new(redis, ids["differing"], status="completed", result='{"ok":true}')
     ids["unlisted"] = await write_legacy_job(redis, "ws-a")
     await copy_to_new(redis, ids["unlisted"], listed=False)
+    ids["behind"] = await write_legacy_job(redis, "ws-a", rev="1")  # updated since in the new layout only
+    await copy_to_new(redis, ids["behind"], rev="2", status="running")
     ids["only_new"] = await write_legacy_job(redis, "ws-a")
     await copy_to_new(redis, ids["only_new"])
     await redis.delete(KEYS.legacy_job(ids["only_new"]))
@@ -61,6 +63,7 @@ async def test_the_diff_counts_each_kind_of_difference_per_workspace(relay, keys
     diffs = {d.workspace_id: d for d in result.workspaces}
     a = diffs["ws-a"]
     assert (a.matching, a.missing_in_new, a.differing, a.only_in_new, a.unlisted) == (4, 1, 1, 1, 1)
+    assert a.legacy_behind == 1  # not a difference: the new copy is newer, and JobService serves it
     assert dict(a.differing_fields) == {"status": 1, "result": 1}
     assert {ids["missing"], ids["differing"], ids["only_new"], ids["unlisted"]} == set(a.sample_job_ids)
     b = diffs["ws-b"]

@@ -60,8 +60,6 @@ class Cleaner(Sweep):
         self._stages = stage_control
         self._delete_jobs = redis.register_script(CLEANUP_LEGACY_JOBS)
         self._drain_queue = redis.register_script(DRAIN_LEGACY_QUEUE_HEAD)
-        self._queue_offset = 0
-        self._queue_changes = 0
 
     @property
     def current_key(self) -> str:
@@ -145,7 +143,7 @@ class Cleaner(Sweep):
 
     async def _queue(self, run: SweepRun) -> int:
         queue = self._keys.legacy_queue
-        start = self._queue_offset if run.dry_run else 0
+        start = run.queue_offset if run.dry_run else 0
         entries = await self._redis.lrange(queue, start, start + run.batch_size - 1)
         if not entries:
             run.phase = "idempotency"
@@ -165,10 +163,10 @@ class Cleaner(Sweep):
             args += [job_id, workspace_id, "1" if valid else "0"]
         removed, why = await self._drain_queue(keys=keys, args=args)
         run.queue_entries_removed += int(removed)
-        self._queue_offset = start + int(removed)
+        run.queue_offset = start + int(removed)
         why = why.decode()
-        self._queue_changes = self._queue_changes + 1 if why == "changed" else 0
-        if why == "pending" or self._queue_changes > QUEUE_RETRIES:
+        run.queue_changes = run.queue_changes + 1 if why == "changed" else 0
+        if why == "pending" or run.queue_changes > QUEUE_RETRIES:
             run.phase = "idempotency"
         return len(entries)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
@@ -26,6 +27,8 @@ from relay.core.errors import FailedPrecondition, InvalidArgument
 from relay.core.keys import KEYS, KeyLayout
 
 DEFAULT_BATCH = 1000
+
+log = logging.getLogger("relay.migration")
 
 
 @dataclass
@@ -51,6 +54,9 @@ class SweepRun:
     kept_pending: int = 0
     queue_entries_removed: int = 0
     idempotency_deleted: int = 0
+    #: Cleanup's queue phase: where a dry run walks the legacy queue, and how often its head changed.
+    queue_offset: int = 0
+    queue_changes: int = 0
     errors: int = 0
     rate: float = 0.0
     started_at: float = 0.0
@@ -177,6 +183,7 @@ class Sweep:
         try:
             run.state = "running"
             await self._save(run)
+            log.info(f"{self.kind} {run.operation_id} started", extra={"reason": "dry run" * run.dry_run})
             yield "started", run
             bucket = TokenBucket(run.rate_limit)
             began, scanned_before = time.monotonic(), run.scanned
@@ -185,6 +192,7 @@ class Sweep:
                 if reason:
                     run.state, run.reason = "stopped", reason
                     await self._save(run)
+                    log.info(f"{self.kind} {run.operation_id} stopped", extra={"reason": reason})
                     yield "stopped", run
                     return
                 seen = await self.step(run)
@@ -199,6 +207,7 @@ class Sweep:
                 pipe.delete(self.current_key)
                 await pipe.execute()
                 await self.finished(run)
+            log.info(f"{self.kind} {run.operation_id} completed: {run.done} done, {run.kept_valid} kept")
             yield "completed", run
         except (asyncio.CancelledError, GeneratorExit):
             run.state, run.reason = "stopped", "the caller went away; resume to continue"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
@@ -39,6 +40,8 @@ from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, NEW_JOB_PATTERN, KeyLayout
 
 DEFAULT_BATCH = 1000
+
+log = logging.getLogger("relay.migration")
 SAMPLE_IDS = 20
 
 
@@ -161,6 +164,7 @@ class Verifier:
                 await self._save(run)
                 yield "progress", run
             await self._finish(run)
+            log.info(f"verification {run.verification_id} completed", extra={"reason": f"clean={run.clean}"})
             yield "completed", run
         except (asyncio.CancelledError, GeneratorExit):
             run.state, run.reason = "interrupted", "the caller went away; resume to continue"

@@ -104,10 +104,6 @@ class WorkspaceLabels:
     def allow_list(self) -> frozenset[str]:
         return self._allow
 
-    def label_of(self, workspace_id: str) -> str:
-        """The label ``workspace_id`` has now, without counting an observation."""
-        return workspace_id if workspace_id in self._own else OTHER
-
     def candidates(self) -> int:
         """How many workspaces are being counted toward a label (never more than the window)."""
         return len(self._counts)

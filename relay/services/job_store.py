@@ -348,9 +348,10 @@ class JobStore:
 
         A page ends on a SCAN cursor, never part-way through what one SCAN call returned: a cursor stays
         valid when Redis resizes its table, a position inside a call's reply does not (the same cursor
-        then covers other keys). When a stretch holds more matches than the page has room for, a shorter
-        stretch from the same cursor is scanned instead. Only when a single hash bucket (a SCAN of COUNT
-        1) holds more matches than the room does the page end inside it, after its last key returned.
+        then covers other keys). A stretch with more matches than the page has room for ends the page
+        before it; on a page still empty, a shorter stretch from the same cursor is scanned instead. Only
+        when one hash bucket (a SCAN of COUNT 1) holds more matches than a whole page does the page end
+        inside it, after the last key returned.
         """
         if not setting.stage.reads_legacy:
             return None
@@ -367,6 +368,8 @@ class JobStore:
             )
             room = page_size - len(out)
             if len(found) > room:
+                if out:
+                    break
                 if count > 1:
                     count = max(1, min(count // 2, count * room // len(found)))
                     continue
@@ -380,7 +383,10 @@ class JobStore:
                 return None
             if len(out) == page_size:
                 break
-        return {"p": "legacy", "c": cursor}
+        state = {"p": "legacy", "c": cursor, "n": count}
+        if after:
+            state["k"] = after.decode("latin-1")
+        return state
 
     async def _unindexed_legacy(
         self, workspace_id: str, index: str, keys: list[bytes], status: str
