@@ -279,7 +279,7 @@ async def test_every_page_size_crosses_from_the_index_to_legacy_jobs_without_a_g
         listed, pages = await list_all(relay.jobs, keys.md("ws_a"), page_size=page_size)
         assert [j.job_id for j in listed[:10]] == [j.job_id for j in listed[:10] if j.job_id in indexed]
         assert Counter(j.job_id for j in listed) == Counter(indexed + legacy), page_size
-        assert pages <= 15 // page_size + 2
+        assert pages <= -(-len(indexed) // page_size) + len(legacy) + 2, "pages are short, never idle"
 
 
 async def test_a_filter_that_skips_most_of_the_index_still_pages_to_the_end(relay, keys):

@@ -258,7 +258,7 @@ async def test_an_entry_whose_claimer_died_is_put_back_after_the_claim_timeout(r
     """A claimer that takes an entry and dies before marking the job leaves it in the claiming list; the
     next claim after the timeout puts it back at the head of its queue."""
     stages = StageView(redis, Stage.READ_NEW)
-    store = JobStore(redis, stages, PageTokenCodec(b"k"), build_metrics(), claim_timeout_seconds=0.3)
+    store = JobStore(redis, stages, PageTokenCodec(b"k"), build_metrics(), claim_timeout_seconds=1.0)
     job_id = await write_legacy_job(redis, "ws-a", queue=True)
 
     async def die(*args, **kwargs):
@@ -270,7 +270,7 @@ async def test_an_entry_whose_claimer_died_is_put_back_after_the_claim_timeout(r
     monkeypatch.undo()
     assert await redis.lrange(KEYS.claiming, 0, -1) == [job_id.encode()]
     assert await store.claim() is None, "not before the timeout"
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.0)
     record = await store.claim()
     assert record is not None and record["job_id"] == job_id and record["status"] == "running"
     assert await redis.llen(KEYS.claiming) == 0

@@ -107,6 +107,7 @@ class BatchReader(ReadOnlyScripts):
         self._filter = workspace_filter
         self._keys = keys
         self._read_sha = _sha(READ_BATCH)
+        self._workspaces: dict[bytes, str | None] = {}
 
     async def read(self, cursor: str, count: int, skip: frozenset[bytes], limit: int | None) -> Batch:
         """One SCAN step from ``cursor``; at most ``limit`` keys are handled (the rest is cut off)."""
@@ -165,16 +166,25 @@ class BatchReader(ReadOnlyScripts):
         job_id = KeyLayout.job_id_of_legacy(key.decode("utf-8", "replace"))
         if isinstance(ws_raw, int) or isinstance(enq_raw, int):  # READ_BATCH's mark of a key not a hash
             return None if self._filter else Item(INVALID, key, job_id, "", NOT_A_HASH, NOT_A_HASH, "")
-        ws = ws_raw.decode("utf-8", "replace") if ws_raw is not None else None
-        enq = enq_raw.decode("utf-8", "replace") if enq_raw is not None else None
-        ws_mark, enq_mark = _mark(ws_raw), _mark(enq_raw)
-        valid_ws = ws is not None and is_workspace_id(ws)
+        ws = self._workspace(ws_raw)
         if self._filter and ws != self._filter:
             return None
-        if not valid_ws or not is_job_id(job_id):
-            return Item(INVALID, key, job_id, "", ws_mark, enq_mark, "")
-        assert ws is not None
-        return Item(COPY, key, job_id, ws, ws_mark, enq_mark, codec.index_member(job_id, enq))
+        enq_mark = _mark(enq_raw)
+        if ws is None or not is_job_id(job_id):
+            return Item(INVALID, key, job_id, "", _mark(ws_raw), enq_mark, "")
+        enq = enq_raw.decode("utf-8", "replace") if enq_raw is not None else None
+        return Item(COPY, key, job_id, ws, _mark(ws_raw), enq_mark, codec.index_member(job_id, enq))
+
+    def _workspace(self, raw: bytes | None) -> str | None:
+        """The workspace id a record names, when valid; a batch holds few distinct ones, so remember them."""
+        if raw is None:
+            return None
+        if raw not in self._workspaces:
+            text = raw.decode("utf-8", "replace")
+            if len(self._workspaces) >= 10_000:
+                self._workspaces.clear()
+            self._workspaces[raw] = text if is_workspace_id(text) else None
+        return self._workspaces[raw]
 
 
 class BatchCopier(ReadOnlyScripts):

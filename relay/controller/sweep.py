@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
+from relay.controller.backfill_state import check_batch_size, check_rate_limit
 from relay.controller.lease import Lease
 from relay.controller.migration_facts import redis_now
 from relay.controller.operation import new_operation_id, take_operation_lease
@@ -139,9 +140,10 @@ class Sweep:
         max_keys: int,
         resume: bool,
     ) -> SweepRun:
-        for name, value in (("rate_limit", rate_limit), ("batch_size", batch_size), ("max_keys", max_keys)):
-            if value < 0:
-                raise InvalidArgument(name, "must not be negative")
+        check_rate_limit(rate_limit)
+        check_batch_size(batch_size)
+        if max_keys < 0:
+            raise InvalidArgument("max_keys", "must not be negative (0: no limit)")
         if not resume:
             return SweepRun(
                 new_operation_id(self.kind),

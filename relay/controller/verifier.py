@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 from redis.asyncio import Redis
 
+from relay.controller.backfill_state import check_batch_size, check_rate_limit
 from relay.controller.migration_facts import record_verification, redis_now
 from relay.controller.operation import new_operation_id, take_operation_lease
 from relay.controller.throttle import TokenBucket
@@ -177,8 +178,8 @@ class Verifier:
     async def _prepare(
         self, workspace_id: str, rate_limit: float, batch_size: int, resume: bool
     ) -> VerificationRun:
-        if batch_size < 0 or rate_limit < 0:
-            raise InvalidArgument("batch_size" if batch_size < 0 else "rate_limit", "must not be negative")
+        check_rate_limit(rate_limit)
+        check_batch_size(batch_size)
         if not resume:
             return VerificationRun(
                 new_operation_id("verify"),

@@ -348,10 +348,10 @@ class JobStore:
 
         A page ends on a SCAN cursor, never part-way through what one SCAN call returned: a cursor stays
         valid when Redis resizes its table, a position inside a call's reply does not (the same cursor
-        then covers other keys). A stretch with more matches than the page has room for ends the page
-        before it; on a page still empty, a shorter stretch from the same cursor is scanned instead. Only
-        when one hash bucket (a SCAN of COUNT 1) holds more matches than a whole page does the page end
-        inside it, after the last key returned.
+        then covers other keys). When a stretch holds more matches than the page has room for, a shorter
+        stretch from the same cursor is scanned instead, down to one hash bucket (a SCAN of COUNT 1),
+        which ends the page before it. Only when one bucket holds more matches than a whole page does the
+        page end inside it, after the last key returned.
         """
         if not setting.stage.reads_legacy:
             return None
@@ -368,11 +368,11 @@ class JobStore:
             )
             room = page_size - len(out)
             if len(found) > room:
-                if out:
-                    break
                 if count > 1:
                     count = max(1, min(count // 2, count * room // len(found)))
                     continue
+                if out:
+                    break
                 out.extend(record for _, record in found[:room])
                 return {"p": "legacy", "c": cursor, "n": 1, "k": found[room - 1][0].decode("latin-1")}
             out.extend(record for _, record in found)
@@ -393,41 +393,34 @@ class JobStore:
     ) -> list[tuple[bytes, Record]]:
         """(key, record) of the workspace's legacy records among ``keys`` (sorted) that its index lacks.
 
-        Other workspaces' records cost one HMGET each; only the caller's are read whole.
+        Other workspaces' records are passed over inside Redis; only the caller's are read whole.
         """
         if not keys:
             return []
+        found = await self._scripts.legacy_keys_of_workspace(keys=keys, args=[workspace_id, status])
+        if not found:
+            return []
+        mine = []
         pipe = self._redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.hmget(key, ["workspace_id", "status", "job_id", "enqueued_at"])
-        heads = await pipe.execute(raise_on_error=False)
-        candidates: list[tuple[bytes, str]] = []
-        pipe = self._redis.pipeline(transaction=False)
-        for key, head in zip(keys, heads, strict=True):
-            if not isinstance(head, list) or head[0] != workspace_id.encode():
-                continue  # another workspace's, none's, or not a hash at all
-            if status and head[1] != status.encode():
-                continue
-            job_id = (head[2] or b"").decode("utf-8", "replace") or KeyLayout.job_id_of_legacy(
+        for n in range(0, len(found), 3):
+            key = keys[int(found[n]) - 1]
+            job_id = found[n + 1].decode("utf-8", "replace") or KeyLayout.job_id_of_legacy(
                 key.decode("utf-8", "replace")
             )
-            enqueued_at = head[3].decode("utf-8", "replace") if head[3] else None
-            candidates.append((key, job_id))
-            pipe.zscore(index, codec.index_member(job_id, enqueued_at))
+            mine.append((key, job_id))
+            pipe.zscore(index, codec.index_member(job_id, found[n + 2].decode("utf-8", "replace")))
             pipe.hgetall(key)
-        if not candidates:
-            return []
         replies = await pipe.execute(raise_on_error=False)
-        found = []
-        for (key, job_id), score, raw in zip(candidates, replies[::2], replies[1::2], strict=True):
+        out = []
+        for (key, job_id), score, raw in zip(mine, replies[::2], replies[1::2], strict=True):
             record = _as_record(raw)
             if score is not None or record is None or record.get("workspace_id") != workspace_id:
                 continue  # indexed (listed from the index), or changed since the first look
             if status and record.get("status") != status:
                 continue
             record.setdefault("job_id", job_id)
-            found.append((key, record))
-        return found
+            out.append((key, record))
+        return out
 
 
 def _layout_flags(stage: Stage) -> list[str]:
