@@ -21,15 +21,19 @@ from relay.v1 import job_service_pb2_grpc
 from tests.conftest import free_port
 
 
-async def _spawn(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def _popen_relay(env: dict[str, str], args: tuple[str, ...], port: int) -> subprocess.Popen[bytes]:
     full_env = {**os.environ, **env, "RELAY_LISTEN": f"127.0.0.1:{port}", "RELAY_METRICS_LISTEN": ""}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", "from relay.server import main; main()", "serve", *args],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+async def _spawn(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = _popen_relay(env, args, port)
     target = f"127.0.0.1:{port}"
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), 20)

@@ -56,9 +56,8 @@ async def follow(events: AsyncIterator[pb.CleanupEvent], title: str) -> pb.Clean
         task = bar.add_task(title, total=100, detail="")
         async for event in events:
             result = event.cleanup
-            detail = (
-                f"{result.phase}: {result.scanned:,} scanned, {result.done:,} done, {result.rate:,.0f} keys/s"
-            )
+            phase = f"{result.phase}: " if result.phase != "done" else ""
+            detail = f"{phase}{result.scanned:,} scanned, {result.done:,} done, {result.rate:,.0f} keys/s"
             bar.update(task, completed=result.percent_done, detail=detail)
     return result
 

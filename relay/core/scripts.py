@@ -279,6 +279,7 @@ class Scripts:
             read_records=redis.register_script(READ_RECORDS),
         )
 
+
 RENEW_LEASE = """
 -- Extend a lease only while this holder still owns it.
 -- KEYS[1]  the lease key
