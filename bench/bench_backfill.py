@@ -44,8 +44,10 @@ from pathlib import Path
 
 import grpc
 import redis as sync_redis
+from redis.asyncio import Redis as AsyncRedis
 
 from bench.redis_proc import RedisProcess, free_port, start_redis
+from relay.controller.backfill_batch import BatchCopier, BatchReader
 from relay.core import codec
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN
 from relay.v1 import backfill_pb2 as bpb
@@ -337,6 +339,50 @@ async def rate_accuracy(controller: Server, rates: list[float], keys: int) -> li
     return out
 
 
+async def redis_cost_per_key(redis: RedisProcess, batches: int = 25, batch: int = 1000) -> dict[str, float]:
+    """Redis time per key of each copy's scripts (INFO commandstats, the least disturbed of ``batches``
+    calls), on equal data in databases 1 and 2, alternating: what each copy costs Redis, whatever else
+    runs on the machine."""
+    hand_client = sync_redis.Redis(port=redis.port, db=1)
+    stats = sync_redis.Redis(port=redis.port, db=1)
+    relay_client = AsyncRedis(port=redis.port, db=2)
+    for db in (1, 2):
+        seed(sync_redis.Redis(port=redis.port, db=db), batches * batch)
+
+    def usec(*names: str) -> int:
+        table = stats.info("commandstats")
+        return sum(int(table.get(f"cmdstat_{n}", {}).get("usec", 0)) for n in names)
+
+    hand = hand_client.register_script(HAND_COPY)
+    reader, copier = BatchReader(relay_client), BatchCopier(relay_client)
+    await relay_client.hset(KEYS.backfill("bf-cost"), mapping={"token": "t", "batches": "0"})
+    hand_cursor, relay_cursor = 0, "0"
+    hand_cost, read_cost, copy_cost = [], [], []
+    for n in range(batches):
+        hand_cursor, keys = hand_client.scan(hand_cursor, match=LEGACY_JOB_PATTERN, count=batch)
+        before = usec("evalsha", "eval")
+        hand(args=[KEYS.new_job("", "").removesuffix(":"), KEYS.job_index(""), *keys])
+        hand_cost.append((usec("evalsha", "eval") - before) / max(len(keys), 1))
+        before = usec("evalsha_ro", "eval_ro")
+        step = await reader.read(relay_cursor, batch, frozenset(), None)
+        read_cost.append((usec("evalsha_ro", "eval_ro") - before) / max(len(step.items), 1))
+        before = usec("evalsha", "eval")
+        reply = await copier.copy(step, "bf-cost", "t", n, {"cursor": step.cursor_to})
+        if reply.status != "OK":
+            raise RuntimeError(f"COPY_BATCH answered {reply.status}")
+        copy_cost.append((usec("evalsha", "eval") - before) / max(len(step.items), 1))
+        relay_cursor = step.cursor_to
+    await relay_client.aclose()
+    for db in (1, 2):
+        sync_redis.Redis(port=redis.port, db=db).flushdb()
+    return {
+        "hand_copy_us_per_key": min(hand_cost),
+        "relay_read_us_per_key": min(read_cost),
+        "relay_copy_us_per_key": min(copy_cost),
+        "relay_over_hand": (min(read_cost) + min(copy_cost)) / min(hand_cost),
+    }
+
+
 def check_copies(client: sync_redis.Redis, expected: int) -> None:
     copies = sum(1 for _ in client.scan_iter(match="ai:job:*", count=5000))
     if copies != expected:
@@ -407,6 +453,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             print(f"  Relay {relay_run.keys_per_second:,.0f} keys/s", flush=True)
         print("rate limit accuracy ...", flush=True)
         rates = await rate_accuracy(controller, [100.0, 2000.0, 20000.0], args.keys)
+        print("Redis cost per key ...", flush=True)
+        cost = await redis_cost_per_key(redis)
     finally:
         for server in servers:
             server.stop()
@@ -429,6 +477,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "jobservice_idle": None if args.skip_latency else idle,
         "jobservice_during_backfill": during[relays.index(best_relay)],
         "rate_accuracy": rates,
+        "redis_cost": cost,
     }
 
 
@@ -449,6 +498,14 @@ def report(result: dict[str, object]) -> str:
         f"Controller memory: RSS {extra['rss_before_mb']:.0f} MB before, "
         f"{extra['rss_max_sampled_mb']:.0f} MB at most while running, {extra['rss_after_mb']:.0f} MB after; "
         f"peak (VmHWM) {extra['peak_rss_vmhwm_mb']:.0f} MB. Throttled events: {extra['throttled_events']}.",
+    ]
+    cost = result["redis_cost"]
+    assert isinstance(cost, dict)
+    lines += [
+        "",
+        f"Redis time per key (least disturbed of 25 calls of 1,000 keys): hand-written copy "
+        f"{cost['hand_copy_us_per_key']:.1f} µs; Relay read {cost['relay_read_us_per_key']:.1f} µs + copy "
+        f"{cost['relay_copy_us_per_key']:.1f} µs = {cost['relay_over_hand']:.2f}x the hand-written copy.",
     ]
     lines += ["", "| rate limit, keys/s | keys | measured keys/s | error |", "|---:|---:|---:|---:|"]
     for r in result["rate_accuracy"]:  # type: ignore[union-attr]

@@ -220,7 +220,12 @@ control_text = st.builds(
     st.text(alphabet=string.ascii_letters, max_size=8),
 )
 
-bad_enum_values = st.one_of(st.integers(5, 2**31 - 1), st.integers(-(2**31), -1))
+
+def unknown_enum_values(enum: Any) -> st.SearchStrategy[int]:
+    """Numbers an open proto3 enum carries on the wire but does not define."""
+    highest = max(v.number for v in enum.DESCRIPTOR.values)
+    return st.one_of(st.integers(highest + 1, 2**31 - 1), st.integers(-(2**31), -1))
+
 
 bad_counts = st.integers(-(2**31), -1)
 bad_rates = st.one_of(st.floats(max_value=-1e-9, allow_nan=False), st.just(math.nan), st.just(-math.inf))
@@ -276,7 +281,9 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     if t in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return st.floats(width=64 if t == FieldDescriptor.TYPE_DOUBLE else 32)
     if t == FieldDescriptor.TYPE_ENUM:
-        return st.one_of(st.sampled_from([v.number for v in field.enum_type.values]), bad_enum_values)
+        highest = max(v.number for v in field.enum_type.values)
+        unknown = st.one_of(st.integers(highest + 1, 2**31 - 1), st.integers(-(2**31), -1))
+        return st.one_of(st.sampled_from([v.number for v in field.enum_type.values]), unknown)
     if t in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32):
         return st.integers(-(2**31), 2**31 - 1)
     if t in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32):

@@ -81,6 +81,7 @@ BATCH_SECONDS = 0.1
 MAX_SCAN_FACTOR = 20
 #: Batches scanned and read ahead of the one being copied.
 READ_AHEAD = 2
+METRICS_EVERY_SECONDS = 1.0
 
 
 class Fenced(Exception):
@@ -131,6 +132,8 @@ class BackfillRunner:
         self._last_throttled = 0.0
         self._unthrottled_base = 0.0
         self._match_ratio = 1.0
+        self._tally: Counter[tuple[str, str]] = Counter()
+        self._tallied = time.monotonic()
         self._start_fraction = scan_fraction(record.start_cursor)
         self._skip = frozenset(k.encode("utf-8", "surrogateescape") for k in record.skip_keys)
         self.task: asyncio.Task[None] | None = None
@@ -185,6 +188,7 @@ class BackfillRunner:
             log.exception("backfill failed", extra={"backfill_id": self.record.backfill_id})
             await self._end(FAILED, f"{type(exc).__name__}: {exc}"[:500])
         finally:
+            self._flush_metrics()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -355,15 +359,22 @@ class BackfillRunner:
             self._count_metrics(batch, reply.outcomes, seconds)
 
     def _count_metrics(self, batch: Batch, outcomes: str, seconds: float) -> None:
+        """Tally a batch's outcomes by workspace label; the counters get them at most once a second (an
+        OpenTelemetry ``add`` costs as much as copying a few keys, and scrapes are seconds apart)."""
         m = self._metrics
         labels: dict[str, str] = {}
-        tally: Counter[tuple[str, str]] = Counter()
         for item, outcome in zip(batch.items, outcomes, strict=True):
             label = labels.get(item.workspace_id)
             if label is None:
                 label = labels[item.workspace_id] = m.ws(item.workspace_id)
-            tally[(label, outcome)] += 1
-        for (label, outcome), n in tally.items():
+            self._tally[(label, outcome)] += 1
+        m.backfill_duration.record(seconds)
+        if time.monotonic() - self._tallied >= METRICS_EVERY_SECONDS:
+            self._flush_metrics()
+
+    def _flush_metrics(self) -> None:
+        m = self._metrics
+        for (label, outcome), n in self._tally.items():
             ws = {"workspace_id": label}
             m.backfill_scanned.add(n, ws)
             if outcome == "m":
@@ -372,7 +383,8 @@ class BackfillRunner:
                 m.backfill_errors.add(n, ws)
             else:
                 m.backfill_skipped.add(n, {**ws, "reason": SKIP_REASON_OF_OUTCOME[outcome]})
-        m.backfill_duration.record(seconds)
+        self._tally.clear()
+        self._tallied = time.monotonic()
 
     # --- rate, estimate, latency brake -------------------------------------------------------
     def _rate_with(self, scanned: int) -> float:
@@ -516,6 +528,7 @@ class BackfillRunner:
                 )
             except Exception as exc:  # the stage rules then ask for another backfill: safe, if slower
                 log.warning("backfill completion not recorded as a migration fact: %s", type(exc).__name__)
+        self._flush_metrics()  # before the event: whoever waits for it reads complete counters
         self._publish(pb.BACKFILL_EVENT_KIND_COMPLETED, reason)
 
     async def _end(self, state: str, reason: str) -> None:
@@ -533,6 +546,7 @@ class BackfillRunner:
                 return
         rec.state, rec.reason, rec.end_time, rec.update_time = state, reason, now, now
         kind = pb.BACKFILL_EVENT_KIND_CANCELLED if state == CANCELLED else pb.BACKFILL_EVENT_KIND_FAILED
+        self._flush_metrics()
         self._publish(kind, reason)
 
     async def _end_on_shutdown(self) -> None:

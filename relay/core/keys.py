@@ -44,6 +44,14 @@ class KeyLayout:
         """A lexicographically ordered sorted set of ``<enqueue micros>|<job id>`` per workspace."""
         return JOB_INDEX_PREFIX + self._ws(workspace_id)
 
+    def job_index_late(self, workspace_id: str) -> str:
+        """The index members a backfill added, scored by when (Redis TIME, micros).
+
+        A listing that began before a backfill indexed a legacy job finds that job in its legacy phase,
+        not in its index phase, so that it is listed exactly once.
+        """
+        return f"{JOB_INDEX_PREFIX}{self._ws(workspace_id)}:late"
+
     def idempotency(self, workspace_id: str, client_request_id: str) -> str:
         return f"{IDEMPOTENCY_PREFIX}{workspace_id}:{client_request_id}"
 

@@ -286,21 +286,35 @@ class JobStore:
     # --- listing -----------------------------------------------------------------------------
     async def list(self, workspace_id: str, page_size: int, page_token: str, status: str) -> Page:
         """Newest first from the workspace index; then, while legacy records may be unindexed, the legacy
-        keys in storage order, each page a bounded SCAN."""
+        keys in storage order, each page a bounded SCAN.
+
+        The first page fixes, in the token, when the listing began (``t``, Redis time) and whether it has
+        a legacy phase (``l``). A job that a backfill indexes after that moment is listed by the legacy
+        phase only, never by the index phase, so a backfill running beside the listing neither hides
+        nor repeats a job.
+        """
         setting = self._stages.for_workspace(workspace_id)
         filters = f"status={status}"
-        state = (
-            self._tokens.decode(page_token, workspace_id, filters) if page_token else {"p": "index", "m": ""}
-        )
+        if page_token:
+            state = self._tokens.decode(page_token, workspace_id, filters)
+        else:
+            state = await self._first_state(setting)
         out: list[Record] = []
         if state.get("p") == "index":
-            state = await self._list_index(
-                workspace_id, setting, status, page_size, str(state.get("m", "")), out
-            )
+            state = await self._list_index(workspace_id, setting, status, page_size, state, out)
         if state and state.get("p") == "legacy" and len(out) < page_size:
             state = await self._list_legacy(workspace_id, setting, status, page_size, state, out)
         token = self._tokens.encode(workspace_id, filters, state) if state else ""
         return Page(out, token)
+
+    async def _first_state(self, setting: StageSetting) -> dict[str, Any]:
+        if not setting.stage.reads_legacy:
+            return {"p": "index", "m": "", "t": 0, "l": 0}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.time()
+        pipe.exists(self._keys.legacy_indexed)
+        (seconds, micros), indexed = await pipe.execute()
+        return {"p": "index", "m": "", "t": seconds * 1_000_000 + micros, "l": 0 if indexed else 1}
 
     async def _list_index(
         self,
@@ -308,10 +322,11 @@ class JobStore:
         setting: StageSetting,
         status: str,
         page_size: int,
-        after: str,
+        state: dict[str, Any],
         out: list[Record],
     ) -> dict[str, Any] | None:
         index = self._keys.job_index(workspace_id)
+        after, began, legacy_phase = str(state.get("m", "")), int(state.get("t", 0)), bool(state.get("l"))
         examined = 0
         fetch = page_size if not status else max(page_size * 2, 100)
         while True:
@@ -319,21 +334,35 @@ class JobStore:
                 index, max=b"(" + after.encode() if after else b"+", min=b"-", start=0, num=fetch
             )
             names = [m.decode() for m in members]
-            records = await self._read_many(workspace_id, [codec.job_id_of_member(m) for m in names], setting)
-            for member, record in zip(names, records, strict=True):
+            late = await self._indexed_late(workspace_id, names, began) if legacy_phase and names else set()
+            wanted = [m for m in names if m not in late]
+            records = dict(
+                zip(
+                    wanted,
+                    await self._read_many(workspace_id, [codec.job_id_of_member(m) for m in wanted], setting),
+                    strict=True,
+                )
+            )
+            for member in names:
                 after = member
+                record = records.get(member)
                 if record is not None and (not status or record.get("status") == status):
                     out.append(record)
                     if len(out) == page_size:
-                        return {"p": "index", "m": after}
+                        return {**state, "p": "index", "m": after}
             examined += len(names)
             if len(names) < fetch:
                 break  # the index is exhausted
             if examined >= INDEX_ENTRIES_PER_PAGE:
-                return {"p": "index", "m": after}
-        if setting.stage.reads_legacy and not await self._redis.exists(self._keys.legacy_indexed):
-            return {"p": "legacy", "c": 0, "o": 0}
+                return {**state, "p": "index", "m": after}
+        if legacy_phase and setting.stage.reads_legacy:
+            return {"p": "legacy", "c": 0, "t": began, "l": 1}
         return None
+
+    async def _indexed_late(self, workspace_id: str, members: Sequence[str], began: int) -> set[str]:
+        """The members a backfill indexed after the listing began (the legacy phase lists them)."""
+        scores = await self._redis.zmscore(self._keys.job_index_late(workspace_id), list(members))
+        return {m for m, score in zip(members, scores, strict=True) if score is not None and score > began}
 
     async def _list_legacy(
         self,
@@ -358,13 +387,13 @@ class JobStore:
         cursor = int(state.get("c", 0))
         count = int(state.get("n", LEGACY_SCAN_COUNT))
         after = str(state.get("k", "")).encode("latin-1")
-        index = self._keys.job_index(workspace_id)
+        began = int(state.get("t", 0))
         steps = calls = 0
         while steps < LEGACY_SCANS_PER_PAGE and calls < LEGACY_SCAN_CALLS_PER_PAGE:
             next_cursor, keys = await self._redis.scan(cursor, match=LEGACY_JOB_PATTERN, count=count)
             calls += 1
             found = await self._unindexed_legacy(
-                workspace_id, index, sorted(k for k in set(keys) if k > after), status
+                workspace_id, sorted(k for k in set(keys) if k > after), status, began
             )
             room = page_size - len(out)
             if len(found) > room:
@@ -374,7 +403,14 @@ class JobStore:
                 if out:
                     break
                 out.extend(record for _, record in found[:room])
-                return {"p": "legacy", "c": cursor, "n": 1, "k": found[room - 1][0].decode("latin-1")}
+                return {
+                    "p": "legacy",
+                    "c": cursor,
+                    "n": 1,
+                    "k": found[room - 1][0].decode("latin-1"),
+                    "t": began,
+                    "l": 1,
+                }
             out.extend(record for _, record in found)
             steps += 1
             cursor, after = int(next_cursor), b""
@@ -383,18 +419,20 @@ class JobStore:
                 return None
             if len(out) == page_size:
                 break
-        state = {"p": "legacy", "c": cursor, "n": count}
+        state = {"p": "legacy", "c": cursor, "n": count, "t": began, "l": 1}
         if after:
             state["k"] = after.decode("latin-1")
         return state
 
     async def _unindexed_legacy(
-        self, workspace_id: str, index: str, keys: list[bytes], status: str
+        self, workspace_id: str, keys: list[bytes], status: str, began: int
     ) -> list[tuple[bytes, Record]]:
-        """(key, record) of the workspace's legacy records among ``keys`` (sorted) that its index lacks.
+        """(key, record) of the workspace's legacy records among ``keys`` (sorted) that its index lacked
+        when the listing began.
 
         Other workspaces' records are passed over inside Redis; only the caller's are read whole.
         """
+        index, late = self._keys.job_index(workspace_id), self._keys.job_index_late(workspace_id)
         if not keys:
             return []
         found = await self._scripts.legacy_keys_of_workspace(keys=keys, args=[workspace_id, status])
@@ -408,14 +446,19 @@ class JobStore:
                 key.decode("utf-8", "replace")
             )
             mine.append((key, job_id))
-            pipe.zscore(index, codec.index_member(job_id, found[n + 2].decode("utf-8", "replace")))
+            member = codec.index_member(job_id, found[n + 2].decode("utf-8", "replace"))
+            pipe.zscore(index, member)
+            pipe.zscore(late, member)
             pipe.hgetall(key)
         replies = await pipe.execute(raise_on_error=False)
         out = []
-        for (key, job_id), score, raw in zip(mine, replies[::2], replies[1::2], strict=True):
+        for (key, job_id), score, late_score, raw in zip(
+            mine, replies[::3], replies[1::3], replies[2::3], strict=True
+        ):
             record = _as_record(raw)
-            if score is not None or record is None or record.get("workspace_id") != workspace_id:
-                continue  # indexed (listed from the index), or changed since the first look
+            listed_by_index = score is not None and (late_score is None or late_score <= began)
+            if listed_by_index or record is None or record.get("workspace_id") != workspace_id:
+                continue  # the index phase listed it, or it changed since the first look
             if status and record.get("status") != status:
                 continue
             record.setdefault("job_id", job_id)
