@@ -213,6 +213,7 @@ class BatchCopier(ReadOnlyScripts):
                 workspaces[item.workspace_id] = len(workspaces) + 1
         keys: list[str | bytes] = [k.backfill(backfill_id), k.backfill_invalid(backfill_id)]
         keys += [k.job_index(ws) for ws in workspaces]
+        keys += [k.job_index_late(ws) for ws in workspaces]
         args: list[str | bytes] = [
             "1" if dry else "0",
             token,

@@ -507,6 +507,8 @@ COPY_BATCH = """
 -- KEYS[1]  the backfill's state hash (unused in a dry run)
 -- KEYS[2]  the backfill's list of invalid job ids (unused in a dry run)
 -- KEYS[3 .. 2 + n_ws]  the job index of each workspace of the batch
+-- KEYS[3 + n_ws .. 2 + 2 n_ws]  each workspace's late index (members this step adds to the index,
+--   scored by Redis TIME in micros, so that a listing begun earlier finds them in its legacy phase)
 -- then per item, in ARGV order: a copy candidate brings 2 keys, its legacy key and its new key; an item
 -- that could not be placed when read brings its legacy key only.
 local dry = ARGV[1] == '1'
@@ -548,7 +550,7 @@ local a = 9 + 2 * n_fields
 local workspaces = {}
 for w = 1, n_ws do workspaces[w] = ARGV[a + w - 1] end
 a = a + n_ws
-local k = 3 + n_ws
+local k = 3 + 2 * n_ws
 local plan, outcomes, index_ok, tally = {}, {}, {}, {}
 for i = 1, n_items do
   local packed = ARGV[a + i - 1]
@@ -581,7 +583,9 @@ for i = 1, n_items do
         elseif theirs == mine then out, action = 'e', 'index'
         else out, action = 'n', 'index' end
       end
-      if action then plan[#plan + 1] = {action, legacy, new_key, index, micros .. '|' .. job_id} end
+      if action then
+        plan[#plan + 1] = {action, legacy, new_key, index, micros .. '|' .. job_id, KEYS[2 + n_ws + w]}
+      end
     end
   else
     k = k + 1
@@ -607,6 +611,11 @@ local letters = table.concat(outcomes)
 if dry then return {'OK', letters} end
 
 local room = invalid_cap - redis.call('LLEN', KEYS[2])
+local clock = redis.call('TIME')
+local now = string.format('%d%06d', clock[1], clock[2])
+local function index_job(p)
+  if redis.call('ZADD', p[4], 0, p[5]) == 1 then redis.call('ZADD', p[6], now, p[5]) end
+end
 for _, p in ipairs(plan) do
   local action = p[1]
   if action == 'copy' or action == 'replace' then
@@ -614,9 +623,9 @@ for _, p in ipairs(plan) do
     local flat = redis.call('HGETALL', p[2])
     -- in slices, so a record with thousands of fields stays within Lua's unpack limit
     for s = 1, #flat, 1000 do redis.call('HSET', p[3], unpack(flat, s, math.min(s + 999, #flat))) end
-    redis.call('ZADD', p[4], 0, p[5])
+    index_job(p)
   elseif action == 'index' then
-    redis.call('ZADD', p[4], 0, p[5])
+    index_job(p)
   elseif room > 0 then
     redis.call('RPUSH', KEYS[2], p[2])
     room = room - 1

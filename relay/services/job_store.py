@@ -328,14 +328,21 @@ class JobStore:
         index = self._keys.job_index(workspace_id)
         after, began, legacy_phase = str(state.get("m", "")), int(state.get("t", 0)), bool(state.get("l"))
         examined = 0
-        fetch = page_size if not status else max(page_size * 2, 100)
         while True:
+            need = page_size - len(out)
+            # One member beyond the page tells whether another page exists, so a listing that ends on a
+            # page boundary ends there instead of with an empty page.
+            fetch = need + 1 if not status else max(need * 2, 100)
             members = await self._redis.zrevrangebylex(
                 index, max=b"(" + after.encode() if after else b"+", min=b"-", start=0, num=fetch
             )
             names = [m.decode() for m in members]
-            late = await self._indexed_late(workspace_id, names, began) if legacy_phase and names else set()
-            wanted = [m for m in names if m not in late]
+            more = len(names) == fetch
+            candidates = names if status else names[:need]
+            late = (
+                await self._indexed_late(workspace_id, candidates, began) if legacy_phase and names else set()
+            )
+            wanted = [m for m in candidates if m not in late]
             records = dict(
                 zip(
                     wanted,
@@ -343,15 +350,17 @@ class JobStore:
                     strict=True,
                 )
             )
-            for member in names:
+            for member in candidates:
                 after = member
                 record = records.get(member)
                 if record is not None and (not status or record.get("status") == status):
                     out.append(record)
                     if len(out) == page_size:
-                        return {**state, "p": "index", "m": after}
-            examined += len(names)
-            if len(names) < fetch:
+                        if more or member != names[-1]:
+                            return {**state, "p": "index", "m": after}
+                        break
+            examined += len(candidates)
+            if not more or len(out) == page_size:
                 break  # the index is exhausted
             if examined >= INDEX_ENTRIES_PER_PAGE:
                 return {**state, "p": "index", "m": after}
