@@ -12,7 +12,8 @@ In one run, against one private redis-server started here (no persistence):
 (b) Relay: ``relay serve controller`` in a subprocess, StartBackfill unthrottled over gRPC, on the same
     data seeded afresh. Its peak memory is the subprocess' VmHWM; its RSS is sampled during the run.
 (c) JobService p50/p99 of GetJob under a light open-loop load (``--load-rps``) from this process against
-    ``relay serve jobs`` in a subprocess: once with Redis idle, once during (b).
+    ``relay serve jobs`` in a subprocess: once with Redis idle, once during another controller backfill
+    (of up to 200,000 records; the throughput rounds run without this load).
 
 Besides keys/s it reports the CPU each copy costs per key, in Redis and in the copier's process: on a
 shared machine wall-clock rates move with everyone else's load, CPU per key much less. ``--repeat N``
@@ -60,6 +61,8 @@ SEED_BATCH = 5000
 ADMIN_KEY = "bench-admin-" + os.urandom(8).hex()
 READER_KEY = "bench-reader-" + os.urandom(8).hex()
 LOAD_WORKSPACE = "ws-000"
+#: Legacy records of the backfill that JobService latency is measured beside.
+LATENCY_KEYS = 200_000
 
 # Benchmark-only mass insert of old-system records into a private Redis (keys built inside the script).
 SEED_LEGACY = """
@@ -410,7 +413,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     servers: list[Server] = []
     hands: list[Run] = []
     relays: list[Run] = []
-    during: list[dict[str, float] | None] = []
     env = {"RELAY_BACKFILL_LATENCY_CEILING_MS": str(args.latency_ceiling_ms)}
     try:
         jobs = None if args.skip_latency else start_server("jobs", redis.url, keys_file, workdir)
@@ -434,23 +436,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             print(f"  hand-written {hand.keys_per_second:,.0f} keys/s; re-seeding ...", flush=True)
             client.flushall()
             seed(client, args.keys)
-            if jobs is not None and round_number == 1:
-                print("  JobService latency with Redis idle ...", flush=True)
-                await measure_latency(jobs.target, load_ids, args.load_rps, 1.0)  # warm-up
-                idle = await measure_latency(jobs.target, load_ids, args.load_rps, args.latency_seconds)
             redis_cpu, controller_cpu = redis.cpu_seconds(), controller.cpu_seconds()
-            relay_run, latency = await controller_backfill(
-                controller, jobs, load_ids, args.batch, args.load_rps
-            )
+            relay_run, _ = await controller_backfill(controller, None, load_ids, args.batch, args.load_rps)
             relay_run.extra |= {
                 "redis_cpu_us_per_key": (redis.cpu_seconds() - redis_cpu) / relay_run.keys * 1e6,
                 "copier_cpu_us_per_key": (controller.cpu_seconds() - controller_cpu) / relay_run.keys * 1e6,
                 "load_average_1m": os.getloadavg()[0],
             }
             relays.append(relay_run)
-            during.append(latency)
             check_copies(client, args.keys)
             print(f"  Relay {relay_run.keys_per_second:,.0f} keys/s", flush=True)
+        idle = latency = None
+        if jobs is not None:
+            # Apart from the throughput rounds, which run alone: the load costs CPU on a 2-core machine.
+            latency_keys = min(args.keys, LATENCY_KEYS)
+            print(
+                f"JobService latency, Redis idle, then during a backfill of {latency_keys:,} ...", flush=True
+            )
+            client.flushall()
+            seed(client, latency_keys)
+            await measure_latency(jobs.target, load_ids, args.load_rps, 1.0)  # warm-up
+            idle = await measure_latency(jobs.target, load_ids, args.load_rps, args.latency_seconds)
+            _, latency = await controller_backfill(controller, jobs, load_ids, args.batch, args.load_rps)
         print("rate limit accuracy ...", flush=True)
         rates = await rate_accuracy(controller, [100.0, 2000.0, 20000.0], args.keys)
         print("Redis cost per key ...", flush=True)
@@ -474,8 +481,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "relay": asdict(best_relay),
         "ratio": best_relay.keys_per_second / best_hand.keys_per_second,
         "all_rounds": {"hand_written": [asdict(r) for r in hands], "relay": [asdict(r) for r in relays]},
-        "jobservice_idle": None if args.skip_latency else idle,
-        "jobservice_during_backfill": during[relays.index(best_relay)],
+        "jobservice_idle": idle,
+        "jobservice_during_backfill": latency,
         "rate_accuracy": rates,
         "redis_cost": cost,
     }
