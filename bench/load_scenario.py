@@ -220,6 +220,8 @@ def _count_checks(
             "skipped_newer": p.skipped_newer,
             "skipped_invalid": p.skipped_invalid,
             "errors": p.errors,
+            "rescans": p.rescans,
+            "migrated_in_earlier_passes": p.migrated_in_earlier_passes,
             "legacy_keys_at_start": manifest.total,
             "legacy_keys_at_end": marks.get("legacy_after_backfill"),
             "seconds": round(
@@ -231,8 +233,16 @@ def _count_checks(
         checks["backfill: migrated + skipped + errors == scanned"] = (
             p.migrated + skipped + p.errors == p.scanned
         )
-        # Seeded records are the only ones without a new copy: each is migrated exactly once.
-        checks["backfill: migrated == valid seeded records"] = p.migrated == seeded_valid
+        # Seeded records are the only ones without a new copy: each is migrated exactly once. After a Redis
+        # restart the scan begins again (rescans): the last pass counts the records an earlier pass
+        # migrated as "exists", and the state keeps how many those were.
+        checks["backfill: migrated == valid seeded records"] = (
+            p.migrated + p.migrated_in_earlier_passes == seeded_valid
+        )
+        if p.rescans:
+            checks["backfill: the last pass migrated no more than the seeded records left"] = (
+                p.migrated <= seeded_valid and p.skipped_exists >= p.migrated_in_earlier_passes
+            )
         checks["backfill: skipped invalid == invalid seeded keys"] = p.skipped_invalid == seeded_invalid
         checks["backfill: no errors"] = p.errors == 0
         # Live dual writes add legacy keys while it scans: SCAN sees each key present throughout.
@@ -434,6 +444,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"skipped exists {b['skipped_exists']:,} newer {b['skipped_newer']:,} "
             f"invalid {b['skipped_invalid']:,} errors {b['errors']} in {b['seconds']} s "
             f"(legacy keys {b['legacy_keys_at_start']:,} at start, {b['legacy_keys_at_end']} at end)"
+            + (
+                f"; Redis restarted: {b['rescans']} rescan(s), {b['migrated_in_earlier_passes']:,} "
+                "migrated by the discarded pass(es)"
+                if b.get("rescans")
+                else ""
+            )
         )
     if "verification" in c:
         v = c["verification"]

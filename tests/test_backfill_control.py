@@ -5,11 +5,13 @@ holds; a slow Redis makes it brake and say so."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
+import threading
+import time
 
 import grpc
 import pytest
+import redis as sync_redis
 
 from relay.core.rpc_errors import error_info
 from relay.v1 import backfill_pb2 as bpb
@@ -238,17 +240,20 @@ async def test_the_rate_limit_holds(relay, redis, keys, rate):
     assert measured >= rate * (0.7 if rate <= 2000 else 0.1), measured
 
 
-async def test_a_slow_redis_makes_the_backfill_brake_and_say_why(start_relay, redis, keys):
+async def test_a_slow_redis_makes_the_backfill_brake_and_say_why(start_relay, redis_server, redis, keys):
     relay = await start_relay(backfill_latency_ceiling_seconds=0.005)
     await seed_clean(redis, 3000)
-    stop = asyncio.Event()
+    stop = threading.Event()
 
-    async def slow_redis() -> None:  # another client keeps Redis busy 20 ms at a time
+    def slow_redis() -> None:  # another client, in its own thread, keeps Redis busy 20 ms at a time
+        client = sync_redis.Redis.from_url(redis_server.url)
         while not stop.is_set():
-            await redis.execute_command("DEBUG", "SLEEP", "0.02")
-            await asyncio.sleep(0.002)
+            client.execute_command("DEBUG", "SLEEP", "0.02")
+            time.sleep(0.002)
+        client.close()
 
-    slowing = asyncio.create_task(slow_redis())
+    slowing = threading.Thread(target=slow_redis, daemon=True)
+    slowing.start()
     events: list[bpb.BackfillEvent] = []
     try:
         stream = relay.controller.StartBackfill(
@@ -260,8 +265,7 @@ async def test_a_slow_redis_makes_the_backfill_brake_and_say_why(start_relay, re
                 stop.set()  # Redis recovers: the backfill speeds up again and finishes
     finally:
         stop.set()
-        with contextlib.suppress(Exception):
-            await slowing
+        await asyncio.to_thread(slowing.join)
 
     throttled = [e for e in events if e.kind == bpb.BACKFILL_EVENT_KIND_THROTTLED]
     assert throttled

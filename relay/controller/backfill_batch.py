@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from relay.controller.backfill_state import COUNT_FIELDS, INVALID_IDS_KEPT
+from relay.controller.redis_run import ask_run_id, run_id_of
 from relay.core import codec
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, LEGACY_JOB_PREFIX, KeyLayout
@@ -59,6 +60,8 @@ class Batch:
     done_keys: list[bytes] = field(default_factory=list)
     #: Keys of this SCAN step skipped because the backfill this one continues handled them.
     skipped_keys: list[bytes] = field(default_factory=list)
+    #: The Redis run (INFO server run_id) that answered the SCAN step: the cursors are its cursors.
+    run_id: str = ""
 
     @property
     def last(self) -> bool:
@@ -111,7 +114,14 @@ class BatchReader(ReadOnlyScripts):
 
     async def read(self, cursor: str, count: int, skip: frozenset[bytes], limit: int | None) -> Batch:
         """One SCAN step from ``cursor``; at most ``limit`` keys are handled (the rest is cut off)."""
-        next_cursor, raw_keys = await self._redis.scan(int(cursor), match=LEGACY_JOB_PATTERN, count=count)
+        # One pipeline on one connection: a restart between the two answers breaks the call (retried).
+        pipe = self._redis.pipeline(transaction=False)
+        ask_run_id(pipe)
+        pipe.scan(int(cursor), match=LEGACY_JOB_PATTERN, count=count)
+        info, step = await pipe.execute(raise_on_error=False)
+        if isinstance(step, Exception):
+            raise step
+        next_cursor, raw_keys = step
         seen: set[bytes] = set()
         keys: list[bytes] = []
         skipped: list[bytes] = []
@@ -121,7 +131,14 @@ class BatchReader(ReadOnlyScripts):
             seen.add(key)
             (skipped if key in skip else keys).append(key)
         batch = Batch(
-            str(cursor), str(int(next_cursor)), [], 0, len(keys), len(raw_keys), skipped_keys=skipped
+            str(cursor),
+            str(int(next_cursor)),
+            [],
+            0,
+            len(keys),
+            len(raw_keys),
+            skipped_keys=skipped,
+            run_id=run_id_of(info),
         )
         await self._classify(batch, keys, limit)
         return batch
@@ -137,6 +154,7 @@ class BatchReader(ReadOnlyScripts):
             batch.examined,
             batch.returned,
             skipped_keys=batch.skipped_keys,
+            run_id=batch.run_id,
         )
         await self._classify(again, keys, None)
         again.cut, again.limit_reached = batch.cut, batch.limit_reached
@@ -160,6 +178,7 @@ class BatchReader(ReadOnlyScripts):
         if limit is not None and len(batch.items) >= limit:
             batch.limit_reached = True
         batch.examined = len(batch.done_keys)
+        batch.items = _grouped(batch.items)
 
     def _item(self, key: bytes, ws_raw: bytes | int | None, enq_raw: bytes | int | None) -> Item | None:
         """The key as a batch item, or None when a workspace filter passes over it."""
@@ -205,12 +224,15 @@ class BatchCopier(ReadOnlyScripts):
         batches_before: int,
         checkpoint: dict[str, str],
     ) -> tuple[list[str | bytes], list[str | bytes]]:
-        """COPY_BATCH's keys and arguments: each workspace's index key once, one packed value per item."""
+        """COPY_BATCH's keys and arguments, for a batch whose items are grouped (see ``_grouped``)."""
         k = self._keys
         workspaces: dict[str, int] = {}
+        invalid = 0
         for item in batch.items:
-            if item.kind == COPY and item.workspace_id not in workspaces:
-                workspaces[item.workspace_id] = len(workspaces) + 1
+            if item.kind == COPY:
+                workspaces[item.workspace_id] = workspaces.get(item.workspace_id, 0) + 1
+            else:
+                invalid += 1
         keys: list[str | bytes] = [k.backfill(backfill_id), k.backfill_invalid(backfill_id)]
         keys += [k.job_index(ws) for ws in workspaces]
         keys += [k.job_index_late(ws) for ws in workspaces]
@@ -220,23 +242,21 @@ class BatchCopier(ReadOnlyScripts):
             str(batches_before),
             str(INVALID_IDS_KEPT),
             str(batch.filtered),
-            str(len(batch.items)),
             str(len(checkpoint)),
             str(len(workspaces)),
+            str(invalid),
         ]
         for name, value in checkpoint.items():
             args += [name, value]
-        args += list(workspaces)
+        for ws, count in workspaces.items():
+            args += [ws, str(count)]
         for item in batch.items:
-            keys.append(item.key)
             if item.kind == COPY:
-                keys.append(k.new_job(item.workspace_id, item.job_id))
-                args.append(
-                    b"%d|%s|%s" % (workspaces[item.workspace_id], item.member.encode(), item.enq_mark)
-                )
+                keys += [item.key, k.new_job(item.workspace_id, item.job_id)]
+                args += [item.member, item.enq_mark]
             else:
-                job_id = item.key[len(LEGACY_JOB_PREFIX_BYTES) :]
-                args.append(b"i%d:%s%s" % (len(job_id), job_id, item.ws_mark))
+                keys.append(item.key)
+                args += [item.key[len(LEGACY_JOB_PREFIX_BYTES) :], item.ws_mark]
         return keys, args
 
     async def copy(
@@ -251,6 +271,19 @@ class BatchCopier(ReadOnlyScripts):
             return CopyReply("OK")
         keys, args = self._arguments(batch, backfill_id, True, "", 0, {})
         return _parse(await self._read_only(COPY_BATCH, self._sha, keys, args), executing=False)
+
+
+def _grouped(items: list[Item]) -> list[Item]:
+    """Copy candidates grouped by workspace (the first seen first), then the items that cannot be placed:
+    the order COPY_BATCH takes them in and answers for them."""
+    groups: dict[str, list[Item]] = {}
+    others: list[Item] = []
+    for item in items:
+        if item.kind == COPY:
+            groups.setdefault(item.workspace_id, []).append(item)
+        else:
+            others.append(item)
+    return [item for group in groups.values() for item in group] + others
 
 
 def _sha(script: str) -> str:

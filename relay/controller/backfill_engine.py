@@ -54,6 +54,7 @@ from relay.controller.backfill_state import (
 )
 from relay.controller.backfill_store import BackfillStore, backfill_of_holder, lease_holder
 from relay.controller.lease import Lease
+from relay.controller.redis_run import redis_run_id
 from relay.core.config import Settings
 from relay.core.errors import FailedPrecondition, NotFound, Unavailable
 from relay.core.keys import KEYS, KeyLayout
@@ -145,6 +146,7 @@ class BackfillEngine:
     async def _start_dry(self, options: BackfillOptions) -> AsyncIterator[pb.BackfillEvent]:
         record = BackfillRecord.new(new_backfill_id(), options, self.controller_id, token="")
         reason = await self._continue_previous(record)
+        record.run_id = record.run_id or await redis_run_id(self._redis)
         record.total_estimate = await self._redis.dbsize()
         return self._spawn(
             record, None, pb.BACKFILL_EVENT_KIND_STARTED, reason or "dry run: nothing is written"
@@ -166,6 +168,8 @@ class BackfillEngine:
                 return await self._attach_or_refuse(existing, options)
             record = BackfillRecord.new(backfill_id, options, self.controller_id, secrets.token_hex(8))
             reason = await self._continue_previous(record)
+            # The cursor is this Redis run's (or, continuing, the run the previous backfill scanned).
+            record.run_id = record.run_id or await redis_run_id(self._redis)
             record.total_estimate = await self._redis.dbsize()
             if not await self.store.create(record, holder):
                 raise Unavailable("the backfill lease expired while starting; retry")
@@ -206,6 +210,7 @@ class BackfillEngine:
         record.covers_scope = previous.covers_scope and previous.counts.errors == 0
         record.continued_from = previous.backfill_id
         record.scan_started = previous.scan_started or previous.create_time
+        record.run_id = previous.run_id
         return (
             f"continues backfill {previous.backfill_id}, which stopped at max_keys, "
             f"from SCAN cursor {record.start_cursor}"

@@ -14,6 +14,11 @@ it expects. A crash between two batches loses nothing and counts nothing twice: 
 from the recorded cursor. (SCAN itself may return a key twice when the keyspace is resized during the
 scan; such a key is counted again, as skipped "exists".)
 
+A Redis restart (or failover) voids the checkpoint: Redis seeds its hash function anew at every start, so
+an old SCAN cursor covers other keys. Each SCAN step is read with Redis' run_id on one connection; when
+the run_id differs from the one recorded with the cursor, the scan begins again from "0" as a new pass
+(``BACKFILL_RESCAN``), so a completion always follows a pass that ran wholly on one Redis run.
+
 A dry run makes the same decisions with the same script run read-only, and keeps its state in this
 process's memory: it writes nothing to Redis at all, so it takes no lease and cannot be watched or
 controlled from another controller process.
@@ -29,7 +34,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -136,6 +141,8 @@ class BackfillRunner:
         self._tallied = time.monotonic()
         self._start_fraction = scan_fraction(record.start_cursor)
         self._skip = frozenset(k.encode("utf-8", "surrogateescape") for k in record.skip_keys)
+        self._ahead: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
+        self._reader_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
 
@@ -200,27 +207,134 @@ class BackfillRunner:
         rec = self.record
         self._apply_rate()
         if not rec.scan_done:
-            ahead: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
-            reader = asyncio.create_task(self._read_ahead(ahead))
+            self._ahead = asyncio.Queue(maxsize=READ_AHEAD)
+            self._reader_task = asyncio.create_task(self._read_ahead(self._ahead))
+            held: Batch | None = None  # read ahead, to be sent once the previous batch is recorded
+            sending: asyncio.Task[tuple[Batch, CopyReply, float]] | None = None
             try:
                 while True:
-                    await self._obey()
-                    batch = await ahead.get()
-                    if isinstance(batch, BaseException):
-                        raise batch
-                    await self._bucket.take(batch.examined)
-                    started = time.monotonic()
-                    batch, reply = await self._apply(batch)
-                    self._record(batch, reply, time.monotonic() - started)
+                    if sending is None:
+                        await self._obey()
+                        batch = await self._next_batch(held)
+                        held = None
+                        if batch is None:
+                            continue
+                        await self._bucket.take(batch.examined)
+                        sending = self._send(batch, rec.batches, rec.counts.scanned)
+                    batch, reply, seconds = await sending
+                    sending = None
+                    if not batch.last and self._may_send_early(reply):
+                        # Unthrottled: send the next batch before recording this one, so Redis never
+                        # waits for this process. It expects one batch more than recorded here so far.
+                        ahead = await self._ahead.get()
+                        if isinstance(ahead, Batch) and ahead.run_id and ahead.run_id == rec.run_id:
+                            scanned = reply.counts.get("scanned", rec.counts.scanned + len(batch.items))
+                            sending = self._send(ahead, rec.batches + 1, scanned)
+                        else:
+                            held = ahead  # an error, or another Redis run: handled in order, below
+                    self._record(batch, reply, seconds)
                     if rec.scan_done:
                         break
                     await self._probe()
                     self._maybe_progress()
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+                if sending is not None:
+                    await _stop_task(sending)
+                await _stop_task(self._reader_task)
         await self._complete()
+
+    def _send(
+        self, batch: Batch, before: int, scanned_before: int
+    ) -> asyncio.Task[tuple[Batch, CopyReply, float]]:
+        """Copy ``batch`` in the background; ``before`` is the number of batches recorded before it."""
+
+        async def send() -> tuple[Batch, CopyReply, float]:
+            started = time.monotonic()
+            done, reply = await self._apply(batch, before, scanned_before)
+            return done, reply, time.monotonic() - started
+
+        return asyncio.create_task(send())
+
+    def _may_send_early(self, reply: CopyReply) -> bool:
+        """Nothing asks the loop to stop between these two batches, and no rate limit spaces them."""
+        control = self.record.control or ("" if self.dry else reply.control)
+        lost = self._lease is not None and self._lease.lost.is_set()
+        return not (self._stopping or lost or control or self._effective_rate() > 0)
+
+    async def _next_batch(self, held: Batch | BaseException | None) -> Batch | None:
+        """The next batch read ahead; None when the scan had to begin again (Redis restarted)."""
+        rec = self.record
+        batch = held if held is not None else await self._ahead.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        if batch.run_id and not rec.run_id:
+            await self._adopt_run(batch.run_id)
+        elif batch.run_id != rec.run_id:
+            # The cursor was another Redis run's: drop what was read ahead, scan from "0".
+            await _stop_task(self._reader_task)
+            await self._rescan(batch.run_id)
+            self._ahead = asyncio.Queue(maxsize=READ_AHEAD)
+            self._reader_task = asyncio.create_task(self._read_ahead(self._ahead))
+            return None
+        return batch
+
+    async def _adopt_run(self, run_id: str) -> None:
+        """A backfill recorded before run ids were: its cursor is taken to be this run's."""
+        self.record.run_id = run_id
+        if not self.dry:
+            await self._write({"run_id": run_id})
+
+    async def _rescan(self, run_id: str) -> None:
+        """Begin the scan again from cursor "0" on Redis run ``run_id``, as a new pass.
+
+        A SCAN cursor does not survive a restart (new hash seed), so the keys the old cursor had not yet
+        reached are unknown. The new pass counts every legacy key once: records an earlier pass copied
+        count as skipped "exists". It covers the whole scope, so a max_keys continuation chain ends here.
+        """
+        rec = self.record
+        reason = (
+            f"Redis restarted (run_id changed) after {rec.counts.scanned:,} keys: a SCAN cursor does not "
+            "survive a restart, so the scan began again from the start; counts are those of the new pass"
+        )
+        now = codec.now_iso()
+        values = {
+            "cursor": "0",
+            "scan_done": "0",
+            "start_cursor": "0",
+            "skip_keys": "[]",
+            "skip_until": "0",
+            "covers_scope": "1",
+            "max_keys_reached": "0",
+            "resume_cursor": "",
+            "resume_skip": "[]",
+            "resume_skip_until": "0",
+            "scan_started": now,
+            "update_time": now,
+            "throttle_seq": str(rec.throttle_seq + 1),
+            "throttle_reason": reason,
+            "migrated_in_earlier_passes": str(rec.migrated_earlier + rec.counts.migrated),
+            **{name: "0" for name in COUNT_FIELDS},
+        }
+        if not self.dry:
+            done = await _retrying(
+                lambda: self._store.rescan(rec.backfill_id, rec.token, rec.batches, run_id, values)
+            )
+            if not done:
+                raise Fenced("another controller took the backfill over")
+        log.warning("backfill scans again: Redis restarted", extra={"backfill_id": rec.backfill_id})
+        rec.run_id, rec.rescans = run_id, rec.rescans + 1
+        rec.cursor, rec.scan_done, rec.start_cursor, rec.covers_scope = "0", False, "0", True
+        rec.skip_keys, rec.skip_until = [], "0"
+        rec.max_keys_reached, rec.resume_cursor, rec.resume_skip, rec.resume_skip_until = False, "", [], "0"
+        rec.scan_started = rec.update_time = now
+        rec.throttle_seq, rec.throttle_reason = rec.throttle_seq + 1, reason
+        rec.migrated_earlier += rec.counts.migrated
+        rec.counts = Counts()
+        rec.invalid_ids = []
+        self._start_fraction = 0.0
+        self._skip = frozenset()
+        self._rates.clear()
+        self._publish(pb.BACKFILL_EVENT_KIND_THROTTLED, reason)
 
     async def _read_ahead(self, out: asyncio.Queue[Batch | BaseException]) -> None:
         """Scan and read the next batches while the current one is copied, so Redis never waits for us.
@@ -253,14 +367,14 @@ class BackfillRunner:
             self._match_ratio = min(1.0, 0.5 * self._match_ratio + 0.5 * share)
         return batch
 
-    async def _apply(self, batch: Batch) -> tuple[Batch, CopyReply]:
+    async def _apply(self, batch: Batch, before: int, scanned_before: int) -> tuple[Batch, CopyReply]:
         for _ in range(STALE_RETRIES + 1):
             if self.dry:
                 reply = await _retrying(
                     functools.partial(self._copier.decide, batch, self.record.backfill_id)
                 )
             else:
-                reply = await self._copy(batch)
+                reply = await self._copy(batch, before, scanned_before)
             if reply.status == "OK":
                 return batch, reply
             if reply.status == "FENCED":
@@ -268,10 +382,9 @@ class BackfillRunner:
             batch = await _retrying(functools.partial(self._reader.reread, batch))
         raise RuntimeError(f"the legacy records of a batch kept changing during {STALE_RETRIES + 1} copies")
 
-    async def _copy(self, batch: Batch) -> CopyReply:
+    async def _copy(self, batch: Batch, before: int, scanned_before: int) -> CopyReply:
         rec = self.record
-        before = rec.batches
-        fields = self._checkpoint(batch)
+        fields = self._checkpoint(batch, scanned_before)
         reply = await _retrying(lambda: self._copier.copy(batch, rec.backfill_id, rec.token, before, fields))
         if reply.status != "FENCED":
             return reply
@@ -305,8 +418,8 @@ class BackfillRunner:
                 until = batch.cursor_to
         return resume, sorted(k.decode("utf-8", "surrogateescape") for k in done), until
 
-    def _checkpoint(self, batch: Batch) -> dict[str, str]:
-        scanned_after = self.record.counts.scanned + len(batch.items)
+    def _checkpoint(self, batch: Batch, scanned_before: int) -> dict[str, str]:
+        scanned_after = scanned_before + len(batch.items)
         fields = {
             "cursor": batch.cursor_to,
             "update_time": codec.now_iso(),
@@ -585,6 +698,17 @@ class BackfillRunner:
                 and time.monotonic() - self._last_progress >= PROGRESS_MAX_SECONDS
             ):
                 self._publish(pb.BACKFILL_EVENT_KIND_PROGRESS)
+
+
+async def _stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` until it ends: a Redis call may swallow one cancellation (redis-py)."""
+    if task is None:
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
 
 
 async def _retrying(call: Callable[[], Awaitable[T]]) -> T:

@@ -194,6 +194,13 @@ class BackfillRecord:
     resume_skip: list[str] = field(default_factory=list)
     resume_skip_until: str = "0"
     resumes: int = 0
+    #: The Redis run (INFO server run_id) the cursor belongs to: a SCAN cursor means nothing to another
+    #: run (Redis picks a new hash seed at every start), so the scan begins again when it changes.
+    run_id: str = ""
+    #: Times the scan began again from "0" because Redis restarted; the counts are the last pass's.
+    rescans: int = 0
+    #: Records migrated by the passes a rescan discarded (the last pass counts them as "exists").
+    migrated_earlier: int = 0
     invalid_ids: list[str] = field(default_factory=list)
 
     @classmethod
@@ -253,6 +260,9 @@ class BackfillRecord:
             "resume_skip": json.dumps(self.resume_skip),
             "resume_skip_until": self.resume_skip_until,
             "resumes": str(self.resumes),
+            "run_id": self.run_id,
+            "rescans": str(self.rescans),
+            "migrated_in_earlier_passes": str(self.migrated_earlier),
         }
         out.update({name: str(getattr(self.counts, name)) for name in COUNT_FIELDS})
         return out
@@ -293,6 +303,9 @@ class BackfillRecord:
             resume_skip=_json_list(h.get("resume_skip")),
             resume_skip_until=h.get("resume_skip_until", "0"),
             resumes=_int(h.get("resumes")),
+            run_id=h.get("run_id", ""),
+            rescans=_int(h.get("rescans")),
+            migrated_earlier=_int(h.get("migrated_in_earlier_passes")),
             invalid_ids=[
                 v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in invalid_ids
             ],
@@ -334,6 +347,8 @@ class BackfillRecord:
             checkpoint=self.cursor,
             total_estimate=self.target,
             invalid_job_ids=self.invalid_ids[:INVALID_IDS_KEPT],
+            rescans=self.rescans,
+            migrated_in_earlier_passes=self.migrated_earlier,
         )
         eta = self.eta_seconds()
         if eta is not None:

@@ -13,7 +13,13 @@ from redis.asyncio import Redis
 from relay.controller.backfill_state import BackfillRecord
 from relay.core import codec
 from relay.core.keys import KEYS, KeyLayout
-from relay.core.scripts import BACKFILL_CONTROL, BACKFILL_CREATE, BACKFILL_TAKE_OVER, BACKFILL_WRITE
+from relay.core.scripts import (
+    BACKFILL_CONTROL,
+    BACKFILL_CREATE,
+    BACKFILL_RESCAN,
+    BACKFILL_TAKE_OVER,
+    BACKFILL_WRITE,
+)
 
 #: Backfill ids kept in the history list.
 HISTORY_LENGTH = 50
@@ -36,6 +42,7 @@ class BackfillStore:
         self._write = redis.register_script(BACKFILL_WRITE)
         self._control = redis.register_script(BACKFILL_CONTROL)
         self._take_over = redis.register_script(BACKFILL_TAKE_OVER)
+        self._rescan = redis.register_script(BACKFILL_RESCAN)
 
     # --- reads -------------------------------------------------------------------------------
     async def load(self, backfill_id: str) -> BackfillRecord | None:
@@ -86,6 +93,20 @@ class BackfillStore:
         flat = [item for pair in values.items() for item in pair]
         done = await self._write(
             keys=[self.keys.backfill(backfill_id), self.keys.legacy_indexed], args=[token, indexed_by, *flat]
+        )
+        return bool(done)
+
+    async def rescan(
+        self, backfill_id: str, token: str, batches_before: int, run_id: str, values: dict[str, str]
+    ) -> bool:
+        """Begin the scan again on Redis run ``run_id`` (fields reset to ``values``, invalid ids dropped,
+        rescans + 1) while ``token`` owns it and ``batches_before`` batches are recorded; True when done
+        (also when already done for that run)."""
+        flat = [item for pair in values.items() for item in pair]
+        k = self.keys
+        done = await self._rescan(
+            keys=[k.backfill(backfill_id), k.backfill_invalid(backfill_id)],
+            args=[token, str(batches_before), run_id, *flat],
         )
         return bool(done)
 

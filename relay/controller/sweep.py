@@ -23,11 +23,16 @@ from relay.controller.backfill_state import check_batch_size, check_rate_limit
 from relay.controller.lease import Lease
 from relay.controller.migration_facts import redis_now
 from relay.controller.operation import new_operation_id, take_operation_lease
+from relay.controller.redis_run import redis_run_id
 from relay.controller.throttle import TokenBucket
 from relay.core.errors import FailedPrecondition, InvalidArgument
 from relay.core.keys import KEYS, KeyLayout
 
 DEFAULT_BATCH = 1000
+RESTARTED = (
+    "Redis restarted (run_id changed) during the sweep: a SCAN cursor does not survive a restart, so its "
+    "coverage is unknown; resume to sweep again from the start"
+)
 
 log = logging.getLogger("relay.migration")
 
@@ -64,6 +69,8 @@ class SweepRun:
     ended_at: float = 0.0
     total_estimate: int = 0
     reason: str = ""
+    #: The Redis run (INFO server run_id) the cursor belongs to: a SCAN cursor does not survive a restart.
+    run_id: str = ""
 
     @property
     def percent_done(self) -> float:
@@ -155,6 +162,7 @@ class Sweep:
                 phase=self.phases[0],
                 started_at=await redis_now(self._redis),
                 total_estimate=await self._redis.dbsize(),
+                run_id=await redis_run_id(self._redis),
             )
         if dry_run:
             raise InvalidArgument("dry_run", "a dry run stores no checkpoint, so it cannot be resumed")
@@ -184,6 +192,10 @@ class Sweep:
                 run.reason = f"dry run; an execute would be refused now: {refusal.message}"
         try:
             run.state = "running"
+            current = await redis_run_id(self._redis)
+            if run.run_id and current != run.run_id:
+                self._begin_again(run)  # resumed after a Redis restart: its cursor means nothing now
+            run.run_id = current
             await self._save(run)
             log.info(f"{self.kind} {run.operation_id} started", extra={"reason": "dry run" * run.dry_run})
             yield "started", run
@@ -198,6 +210,14 @@ class Sweep:
                     yield "stopped", run
                     return
                 seen = await self.step(run)
+                if await redis_run_id(self._redis) != run.run_id:
+                    # Keys the old cursor had not reached are unknown: never report such a run complete.
+                    self._begin_again(run)
+                    run.state, run.reason = "failed", RESTARTED
+                    await self._save(run)
+                    log.warning(f"{self.kind} {run.operation_id} failed: Redis restarted")
+                    yield "failed", run
+                    return
                 await bucket.take(seen)
                 run.rate = (run.scanned - scanned_before) / max(time.monotonic() - began, 1e-6)
                 await self._save(run)
@@ -224,6 +244,10 @@ class Sweep:
         finally:
             if lease is not None:
                 await lease.release()
+
+    def _begin_again(self, run: SweepRun) -> None:
+        """Put the checkpoint back at the start of the first phase, for a pass on the current Redis run."""
+        run.phase, run.cursor, run.queue_offset = self.phases[0], 0, 0
 
     async def _stop_reason(self, run: SweepRun, lease: Lease | None) -> str:
         if run.max_keys and run.scanned >= run.max_keys:

@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from relay.controller.backfill_state import check_batch_size, check_rate_limit
 from relay.controller.migration_facts import record_verification, redis_now
 from relay.controller.operation import new_operation_id, take_operation_lease
+from relay.controller.redis_run import redis_run_id
 from relay.controller.throttle import TokenBucket
 from relay.core import codec
 from relay.core.codec import Record
@@ -44,6 +45,11 @@ DEFAULT_BATCH = 1000
 
 log = logging.getLogger("relay.migration")
 SAMPLE_IDS = 20
+
+RESTARTED = (
+    "Redis restarted (run_id changed) during the verification: a SCAN cursor does not survive a restart, "
+    "so its coverage is unknown; resume to verify again from the start"
+)
 
 
 @dataclass
@@ -87,6 +93,8 @@ class VerificationRun:
     ended_at: float = 0.0
     total_estimate: int = 0
     reason: str = ""
+    #: The Redis run (INFO server run_id) the cursor belongs to: a SCAN cursor does not survive a restart.
+    run_id: str = ""
 
     @property
     def clean(self) -> bool:
@@ -152,6 +160,10 @@ class Verifier:
         lease = await take_operation_lease(self._redis, run.verification_id)
         try:
             run.state, run.reason = "running", ""
+            current = await redis_run_id(self._redis)
+            if run.run_id and current != run.run_id:
+                await self._begin_again(run)  # resumed after a Redis restart: its cursor means nothing now
+            run.run_id = current
             await self._save(run)
             yield "started", run
             bucket = TokenBucket(run.rate_limit)
@@ -162,6 +174,13 @@ class Verifier:
                     yield "failed", run
                     return
                 await self._batch(run, bucket)
+                if await redis_run_id(self._redis) != run.run_id:
+                    # Keys the old cursor had not reached are unknown: never report such a run clean.
+                    await self._begin_again(run)
+                    run.state, run.reason = "failed", RESTARTED
+                    await self._save(run)
+                    yield "failed", run
+                    return
                 await self._save(run)
                 yield "progress", run
             await self._finish(run)
@@ -174,6 +193,13 @@ class Verifier:
             raise
         finally:
             await lease.release()
+
+    async def _begin_again(self, run: VerificationRun) -> None:
+        """Forget the pass so far: the next one starts from the first key, on the current Redis run."""
+        run.phase, run.cursor = "legacy", 0
+        run.scanned_legacy = run.scanned_new = run.invalid_legacy = 0
+        run.workspaces = {}
+        run.started_at = await redis_now(self._redis)
 
     async def _prepare(
         self, workspace_id: str, rate_limit: float, batch_size: int, resume: bool
@@ -188,6 +214,7 @@ class Verifier:
                 batch_size or DEFAULT_BATCH,
                 started_at=await redis_now(self._redis),
                 total_estimate=await self._redis.dbsize(),
+                run_id=await redis_run_id(self._redis),
             )
         raw = await self._redis.get(self._keys.verification_current)
         if not raw:

@@ -509,25 +509,26 @@ COPY_BATCH = """
 -- KEYS[3 .. 2 + n_ws]  the job index of each workspace of the batch
 -- KEYS[3 + n_ws .. 2 + 2 n_ws]  each workspace's late index (members this step adds to the index,
 --   scored by Redis TIME in micros, so that a listing begun earlier finds them in its legacy phase)
--- then per item, in ARGV order: a copy candidate brings 2 keys, its legacy key and its new key; an item
--- that could not be placed when read brings its legacy key only.
+-- then 2 keys per copy candidate, its legacy key and its new key (grouped by workspace, in the order of
+-- the workspaces), then 1 key per item that could not be placed when read: its legacy key.
 local dry = ARGV[1] == '1'
 local token = ARGV[2]                   -- this run's fencing token: the state must still carry it
 local batches_before = ARGV[3]          -- batches recorded before this one: the state must still say so
 local invalid_cap = tonumber(ARGV[4])   -- invalid job ids kept in the list at most
 local filtered = tonumber(ARGV[5])      -- keys of other workspaces passed over in this batch
-local n_items = tonumber(ARGV[6])
-local n_fields = tonumber(ARGV[7])      -- checkpoint field/value pairs that follow (cursor, ...)
-local n_ws = tonumber(ARGV[8])          -- workspace ids that follow them, one per index key
--- then 2 * n_fields checkpoint field/value pairs, then n_ws workspace ids, then one value per item
--- (packed, so the caller sends one argument per key):
---   copy candidate:  <w>|<index member>|<enqueued_at as read>   (w: its workspace's number, from 1)
---   not placeable:   i<length of job_id>:<job_id><workspace_id as read>
--- where a field as read is '=' .. value, '-' when absent, 'T' when the key was not a hash.
+local n_fields = tonumber(ARGV[6])      -- checkpoint field/value pairs that follow (cursor, ...)
+local n_ws = tonumber(ARGV[7])          -- workspaces of the copy candidates
+local n_invalid = tonumber(ARGV[8])     -- items that could not be placed
+-- then 2 * n_fields checkpoint field/value pairs; then per workspace its id and its number of copy
+-- candidates; then per copy candidate its index member and its enqueued_at as read; then per item
+-- that could not be placed its job id and its workspace_id as read. A field as read is '=' .. value,
+-- '-' when absent, 'T' when the key was not a hash. (Plain arguments and flat arrays: a script that
+-- parses or builds a table per key spends more of Redis on Lua garbage than on the copy.)
 -- Returns {'OK', outcomes, <counts and controls when executing>}, {'STALE'} when an item changed since
 -- it was read (nothing written: read the batch again) or {'FENCED'} when this run no longer owns the
--- backfill. Outcomes hold one letter per item: m migrated, e exists, n newer, i invalid, v vanished
--- (deleted since the scan), x error (the new key or the index holds another type).
+-- backfill. Outcomes hold one letter per item, candidates then the others: m migrated, e exists,
+-- n newer, i invalid, v vanished (deleted since the scan), x error (the new key or the index holds
+-- another type).
 local COUNTS = {'scanned', 'migrated', 'skipped_exists', 'skipped_newer', 'skipped_invalid',
   'skipped_vanished', 'errors', 'filtered_out', 'control', 'rate_limit_now', 'batch_size_now'}
 local COUNT_OF = {m = 'migrated', e = 'skipped_exists', n = 'skipped_newer', i = 'skipped_invalid',
@@ -536,9 +537,10 @@ if not dry then
   local st = redis.call('HMGET', KEYS[1], 'token', 'batches')
   if st[1] ~= token or (st[2] or '0') ~= batches_before then return {'FENCED'} end
 end
-local function marker(value)
-  if value then return '=' .. value end
-  return '-'
+-- Whether a field read now is what the caller read: '=' .. value, or '-' for absent (no new string).
+local function same(read, value)
+  if not value then return read == '-' end
+  return #read == #value + 1 and string.find(read, value, 2, true) == 2
 end
 -- HMGET that answers nil instead of failing on a key that is not a hash.
 local function fields_of(key, ...)
@@ -547,65 +549,76 @@ local function fields_of(key, ...)
   return reply
 end
 local a = 9 + 2 * n_fields
-local workspaces = {}
-for w = 1, n_ws do workspaces[w] = ARGV[a + w - 1] end
-a = a + n_ws
 local k = 3 + 2 * n_ws
-local plan, outcomes, index_ok, tally = {}, {}, {}, {}
-for i = 1, n_items do
-  local packed = ARGV[a + i - 1]
-  local legacy, out = KEYS[k], nil
-  if string.sub(packed, 1, 1) ~= 'i' then
-    local w, micros, job_id, enq_read = string.match(packed, '^(%d+)|(%d+)|([^|]*)|(.*)$')
-    w = tonumber(w)
-    local new_key, index = KEYS[k + 1], KEYS[2 + w]
-    k = k + 2
+local outcomes, tally = {}, {}
+-- The plan, as flat arrays: what to do, the key position, the workspace and the member (or job id).
+local acts, at, ws_of, members = {}, {}, {}, {}
+local n_items = 0
+local function decided(out)
+  n_items = n_items + 1
+  outcomes[n_items] = out
+  tally[COUNT_OF[out]] = (tally[COUNT_OF[out]] or 0) + 1
+end
+local a_items = a + 2 * n_ws
+for w = 1, n_ws do
+  local workspace_id, count = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  local index = KEYS[2 + w]
+  local t = redis.call('TYPE', index)['ok']
+  local index_ok = t == 'zset' or t == 'none'
+  for _ = 1, count do
+    local legacy, new_key = KEYS[k], KEYS[k + 1]
+    local member, enq_read = ARGV[a_items], ARGV[a_items + 1]
     local r = fields_of(legacy, 'workspace_id', 'enqueued_at', 'rev')
     if r == nil then return {'STALE'} end
+    local out, act = nil, nil
     if not r[1] and redis.call('EXISTS', legacy) == 0 then
       out = 'v'
     else
-      if r[1] ~= workspaces[w] or marker(r[2]) ~= enq_read then return {'STALE'} end
-      if index_ok[w] == nil then
-        local t = redis.call('TYPE', index)['ok']
-        index_ok[w] = (t == 'zset' or t == 'none')
-      end
-      local t = redis.call('TYPE', new_key)['ok']
-      local action
-      if not index_ok[w] or (t ~= 'none' and t ~= 'hash') then
+      if r[1] ~= workspace_id or not same(enq_read, r[2]) then return {'STALE'} end
+      if not index_ok then
         out = 'x'
-      elseif t == 'none' then
-        out, action = 'm', 'copy'
+      elseif redis.call('EXISTS', new_key) == 0 then
+        out, act = 'm', 1
       else
-        local mine = tonumber(r[3] or '0') or 0
-        local theirs = tonumber(redis.call('HGET', new_key, 'rev') or '0') or 0
-        if theirs < mine then out, action = 'm', 'replace'
-        elseif theirs == mine then out, action = 'e', 'index'
-        else out, action = 'n', 'index' end
+        local theirs = redis.pcall('HGET', new_key, 'rev')
+        if type(theirs) == 'table' then
+          out = 'x'  -- the new key is not a hash
+        else
+          local mine = tonumber(r[3] or '0') or 0
+          theirs = tonumber(theirs or '0') or 0
+          if theirs < mine then out, act = 'm', 2
+          elseif theirs == mine then out, act = 'e', 3
+          else out, act = 'n', 3 end
+        end
       end
-      if action then
-        plan[#plan + 1] = {action, legacy, new_key, index, micros .. '|' .. job_id, KEYS[2 + n_ws + w]}
-      end
     end
-  else
-    k = k + 1
-    local n, rest = string.match(packed, '^i(%d+):(.*)$')
-    n = tonumber(n)
-    local job_id, ws_read = string.sub(rest, 1, n), string.sub(rest, n + 1)
-    local r = fields_of(legacy, 'workspace_id')
-    local now_read = 'T'
-    if r ~= nil then
-      if not r[1] and redis.call('EXISTS', legacy) == 0 then out = 'v' end
-      now_read = marker(r[1])
+    if act then
+      local n = #acts + 1
+      acts[n], at[n], ws_of[n], members[n] = act, k, w, member
     end
-    if out == nil then
-      if now_read ~= ws_read then return {'STALE'} end
-      out = 'i'
-      plan[#plan + 1] = {'invalid', job_id}
-    end
+    decided(out)
+    k = k + 2
+    a_items = a_items + 2
   end
-  outcomes[i] = out
-  tally[COUNT_OF[out]] = (tally[COUNT_OF[out]] or 0) + 1
+end
+for _ = 1, n_invalid do
+  local legacy, job_id, ws_read = KEYS[k], ARGV[a_items], ARGV[a_items + 1]
+  k = k + 1
+  a_items = a_items + 2
+  local r = fields_of(legacy, 'workspace_id')
+  if r ~= nil and not r[1] and redis.call('EXISTS', legacy) == 0 then
+    decided('v')
+  else
+    if r == nil then
+      if ws_read ~= 'T' then return {'STALE'} end
+    elseif not same(ws_read, r[1]) then
+      return {'STALE'}
+    end
+    local n = #acts + 1
+    acts[n], members[n] = 4, job_id
+    decided('i')
+  end
 end
 local letters = table.concat(outcomes)
 if dry then return {'OK', letters} end
@@ -613,22 +626,24 @@ if dry then return {'OK', letters} end
 local room = invalid_cap - redis.call('LLEN', KEYS[2])
 local clock = redis.call('TIME')
 local now = string.format('%d%06d', clock[1], clock[2])
-local function index_job(p)
-  if redis.call('ZADD', p[4], 0, p[5]) == 1 then redis.call('ZADD', p[6], now, p[5]) end
-end
-for _, p in ipairs(plan) do
-  local action = p[1]
-  if action == 'copy' or action == 'replace' then
-    if action == 'replace' then redis.call('DEL', p[3]) end
-    local flat = redis.call('HGETALL', p[2])
-    -- in slices, so a record with thousands of fields stays within Lua's unpack limit
-    for s = 1, #flat, 1000 do redis.call('HSET', p[3], unpack(flat, s, math.min(s + 999, #flat))) end
-    index_job(p)
-  elseif action == 'index' then
-    index_job(p)
-  elseif room > 0 then
-    redis.call('RPUSH', KEYS[2], p[2])
-    room = room - 1
+for n = 1, #acts do
+  local act = acts[n]
+  if act == 4 then
+    if room > 0 then
+      redis.call('RPUSH', KEYS[2], members[n])
+      room = room - 1
+    end
+  else
+    local legacy, new_key = KEYS[at[n]], KEYS[at[n] + 1]
+    if act ~= 3 then  -- 1 copy, 2 replace an older copy (whole), 3 index only
+      if act == 2 then redis.call('DEL', new_key) end
+      local flat = redis.call('HGETALL', legacy)
+      -- in slices, so a record with thousands of fields stays within Lua's unpack limit
+      for s = 1, #flat, 1000 do redis.call('HSET', new_key, unpack(flat, s, math.min(s + 999, #flat))) end
+    end
+    if redis.call('ZADD', KEYS[2 + ws_of[n]], 0, members[n]) == 1 then
+      redis.call('ZADD', KEYS[2 + n_ws + ws_of[n]], now, members[n])
+    end
   end
 end
 if n_items > 0 then redis.call('HINCRBY', KEYS[1], 'scanned', n_items) end
@@ -725,6 +740,27 @@ elseif action == 'orphan' then
   return {'DONE', state}
 end
 return {'TAKE_OVER', state}
+"""
+
+BACKFILL_RESCAN = """
+-- Begin a backfill's scan again from cursor 0 because Redis restarted (its run_id changed): a SCAN
+-- cursor does not survive a restart, so the keys the old cursor had not reached are unknown. One step:
+-- cursor, counts, invalid ids and max_keys continuation fields reset, the new run_id recorded.
+-- KEYS[1]  the backfill's state hash
+-- KEYS[2]  the backfill's list of invalid job ids
+local token = ARGV[1]           -- this run's fencing token: the state must still carry it
+local batches_before = ARGV[2]  -- batches recorded so far: the state must still say so (as COPY_BATCH)
+local run_id = ARGV[3]          -- the Redis run_id the new pass scans
+-- then field/value pairs to set (cursor, counts, ...)
+-- Returns 1 when done (or already done for this run_id), 0 when this run no longer owns the backfill.
+local st = redis.call('HMGET', KEYS[1], 'token', 'batches', 'run_id')
+if st[1] ~= token then return 0 end
+if st[3] == run_id then return 1 end
+if (st[2] or '0') ~= batches_before then return 0 end
+redis.call('HSET', KEYS[1], 'run_id', run_id, unpack(ARGV, 4))
+redis.call('HINCRBY', KEYS[1], 'rescans', 1)
+redis.call('DEL', KEYS[2])
+return 1
 """
 
 BACKFILL_TAKE_OVER = """
