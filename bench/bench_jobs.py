@@ -337,8 +337,8 @@ def measure_legacy_phase(stack: Stack, cfg: Config, index_tokens: list[str]) -> 
     """Pages past the end of the index while legacy records may be unindexed (marker absent)."""
     progress("measuring legacy-phase pages (legacy-indexed marker removed)")
     stack.redis.client().delete(KEYS.legacy_indexed)
-    tail = page_walk(stack, index_tokens[-1], 2)  # the last index page, then the first legacy one
-    walk = page_walk(stack, tail[-1], cfg.legacy_pages) if len(tail) == 3 else []
+    # Whether a listing has a legacy phase is fixed by its first page: walk again from the start.
+    walk = page_walk(stack, "", len(index_tokens) + 1 + cfg.legacy_pages)
     legacy_tokens = [t for t in walk if token_phase(t) == "legacy"]
     census = key_census(stack.redis)
     result: dict[str, Any] = {"keys": census, "pages_available": len(legacy_tokens)}
