@@ -276,7 +276,12 @@ async def measure_latency(
 
 
 async def controller_backfill(
-    controller: Server, jobs: Server | None, job_ids: list[str], batch: int, rps: float
+    controller: Server,
+    jobs: Server | None,
+    job_ids: list[str],
+    batch: int,
+    rps: float,
+    rate_limit: float = 0.0,
 ) -> tuple[Run, dict[str, float] | None]:
     samples: list[int] = []
     sampling = threading.Event()
@@ -295,7 +300,8 @@ async def controller_backfill(
         async with grpc.aio.insecure_channel(controller.target) as channel:
             stub = migration_controller_pb2_grpc.MigrationControllerStub(channel)
             md = (("authorization", f"Bearer {ADMIN_KEY}"),)
-            async for event in stub.StartBackfill(bpb.StartBackfillRequest(batch_size=batch), metadata=md):
+            request = bpb.StartBackfillRequest(batch_size=batch, rate_limit=rate_limit)
+            async for event in stub.StartBackfill(request, metadata=md):
                 events.append(event)
     finally:
         done.set()
@@ -457,7 +463,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             seed(client, latency_keys)
             await measure_latency(jobs.target, load_ids, args.load_rps, 1.0)  # warm-up
             idle = await measure_latency(jobs.target, load_ids, args.load_rps, args.latency_seconds)
-            _, latency = await controller_backfill(controller, jobs, load_ids, args.batch, args.load_rps)
+            _, latency = await controller_backfill(
+                controller, jobs, load_ids, args.batch, args.load_rps, args.latency_backfill_rps
+            )
+            latency["backfill_rate_limit"] = args.latency_backfill_rps
         print("rate limit accuracy ...", flush=True)
         rates = await rate_accuracy(controller, [100.0, 2000.0, 20000.0], args.keys)
         print("Redis cost per key ...", flush=True)
@@ -525,11 +534,16 @@ def report(result: dict[str, object]) -> str:
             "| JobService GetJob | requests | p50 ms | p99 ms |",
             "|---|---:|---:|---:|",
             f"| Redis idle | {idle['requests']} | {idle['p50_ms']:.2f} | {idle['p99_ms']:.2f} |",
-            f"| during the backfill | {during['requests']} | {during['p50_ms']:.2f} "
+            f"| during the backfill ({_rate(during['backfill_rate_limit'])}) | {during['requests']} "
+            f"| {during['p50_ms']:.2f} "
             f"| {during['p99_ms']:.2f} |",
             f"| p99 ratio | | | {during['p99_ms'] / idle['p99_ms']:.2f} |",
         ]
     return "\n".join(lines)
+
+
+def _rate(rate: object) -> str:
+    return f"{rate:,.0f} keys/s" if isinstance(rate, int | float) and rate else "unthrottled"
 
 
 def _row(run: dict[str, object]) -> str:
@@ -550,6 +564,12 @@ def main() -> None:
     parser.add_argument("--load-rps", type=float, default=100.0, help="GetJob calls per second (light load)")
     parser.add_argument("--latency-seconds", type=float, default=5.0)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument(
+        "--latency-backfill-rps",
+        type=float,
+        default=0.0,
+        help="the rate limit of the backfill JobService latency is measured beside (default unthrottled)",
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of both copies; the best of each counts"
     )

@@ -77,7 +77,7 @@ class Run:
 
     @property
     def active(self) -> bool:
-        return not self.runner.done.is_set()
+        return not self.runner.done.is_set() and not self.runner.finished
 
     @property
     def record(self) -> BackfillRecord:
@@ -156,11 +156,13 @@ class BackfillEngine:
         backfill_id = new_backfill_id()
         holder = lease_holder(self.controller_id, backfill_id)
         lease = Lease(self._redis, self._keys.backfill_lease, holder, self._settings.backfill_lease_seconds)
-        if not await lease.acquire():
+        while not await lease.acquire():
             other = await self._record_of_lease_holder()
             if other is None:
                 raise Unavailable("another controller is starting a backfill; retry in a moment")
-            return await self._attach_or_refuse(other, options)
+            if other.state in UNFINISHED:
+                return await self._attach_or_refuse(other, options)
+            await asyncio.sleep(0.05)  # it just ended: its controller is letting the lease go
         try:
             existing = await self._unfinished()  # one whose controller died, paused or orphaned
             if existing is not None:

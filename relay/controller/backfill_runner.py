@@ -144,6 +144,8 @@ class BackfillRunner:
         self._ahead: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
         self._reader_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        #: The run reached its end (its final state is recorded); ``done`` follows once its task ends.
+        self.finished = False
         self.done = asyncio.Event()
 
     # --- requests from this controller -----------------------------------------------------
@@ -642,6 +644,7 @@ class BackfillRunner:
             except Exception as exc:  # the stage rules then ask for another backfill: safe, if slower
                 log.warning("backfill completion not recorded as a migration fact: %s", type(exc).__name__)
         self._flush_metrics()  # before the event: whoever waits for it reads complete counters
+        await self._let_go()
         self._publish(pb.BACKFILL_EVENT_KIND_COMPLETED, reason)
 
     async def _end(self, state: str, reason: str) -> None:
@@ -660,6 +663,7 @@ class BackfillRunner:
         rec.state, rec.reason, rec.end_time, rec.update_time = state, reason, now, now
         kind = pb.BACKFILL_EVENT_KIND_CANCELLED if state == CANCELLED else pb.BACKFILL_EVENT_KIND_FAILED
         self._flush_metrics()
+        await self._let_go()
         self._publish(kind, reason)
 
     async def _end_on_shutdown(self) -> None:
@@ -672,6 +676,13 @@ class BackfillRunner:
             with contextlib.suppress(Exception):
                 await self._set_state(ORPHANED, reason)
         self.hub.detach()
+
+    async def _let_go(self) -> None:
+        """Release the lease before the final event: whoever starts the next backfill on hearing it must
+        find this one over, in Redis and here."""
+        self.finished = True
+        if self._lease is not None:
+            await self._lease.release()
 
     # --- events ------------------------------------------------------------------------------
     def _publish(self, kind: pb.BackfillEventKind.ValueType, reason: str = "") -> None:
