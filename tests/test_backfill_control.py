@@ -167,6 +167,22 @@ async def test_a_second_start_is_refused_with_the_running_id_unless_it_asks_the_
     await rest_of(stream)
 
 
+async def test_a_start_sent_as_the_last_one_ends_starts_a_new_backfill(relay, redis, keys):
+    # The next start may reach the controller while the finished run is still letting go of its lease:
+    # it must find that run over, not attach to it as if it were still running.
+    await seed_clean(redis, 700)
+    ids = []
+    for _ in range(12):
+        events = await events_of(
+            relay.controller.StartBackfill(
+                bpb.StartBackfillRequest(batch_size=100, max_keys=50), metadata=admin(keys)
+            )
+        )
+        assert events[0].kind == bpb.BACKFILL_EVENT_KIND_STARTED
+        ids.append(events[-1].backfill_id)
+    assert len(set(ids)) == 12
+
+
 async def test_update_changes_the_rate_while_it_runs(relay, redis, keys):
     await seed_clean(redis, 2000)
     started, stream = await first_event(relay, keys, rate_limit=200)
