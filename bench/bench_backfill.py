@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ import redis as sync_redis
 from redis.asyncio import Redis as AsyncRedis
 
 from bench.redis_proc import RedisProcess, free_port, start_redis
+from bench.server_proc import ServerProcess
 from relay.controller.backfill_batch import BatchCopier, BatchReader
 from relay.core import codec
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN
@@ -166,30 +166,13 @@ def hand_written_copy(client: sync_redis.Redis, batch: int) -> Run:
 
 
 # --- subprocesses ------------------------------------------------------------------------------
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    target: str
-    log: Path
-
+class Server(ServerProcess):
     def status(self, field_name: str) -> int:
+        """A /proc/<pid>/status figure in bytes (VmRSS, VmHWM)."""
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith(field_name + ":"):
                 return int(line.split()[1]) * 1024
         return 0
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def start_server(
@@ -217,7 +200,7 @@ def start_server(
         process = subprocess.Popen(
             argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    server = Server(process, f"127.0.0.1:{port}", log)
+    server = Server(f"relay serve {role}", f"127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + 30
     with grpc.insecure_channel(server.target) as channel:
         while True:
