@@ -28,7 +28,8 @@ export REDIS_URL=redis://127.0.0.1:$port/0 RELAY_LISTEN=127.0.0.1:50651 RELAY_ME
 SERVE=$!
 sleep 3
 R=.venv/bin/relayctl
-show() { echo "\$ relayctl $*"; $R "$@" 2>&1; echo "(exit $?)"; echo; }
+quote() { local out="" a; for a in "$@"; do if [[ "$a" =~ [^A-Za-z0-9_./:=,-] ]]; then out+="'$a' "; else out+="$a "; fi; done; echo "${out% }"; }
+show() { echo "\$ relayctl $(quote "$@")"; $R "$@" 2>&1; echo "(exit $?)"; echo; }
 show stage get
 show keys create --workspace acme --scope actions:preview --description "acme dashboards"
 ACME=$($R keys create --workspace acme --scope actions:preview | awk '/^api_key/ {print $2}')

@@ -142,6 +142,9 @@ async def test_ctrl_c_detaches_and_the_backfill_keeps_running(relay, redis, keys
             )
 
         await wait_until(running, within=20)
+        # Ctrl-C once relayctl follows the stream: its first line says the backfill started.
+        first = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert first.startswith(b"started"), first
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
