@@ -46,7 +46,6 @@ class Traffic:
     claims_started: int = 0
     #: What the migration is doing, set by the test, named in failures.
     phase: str = ""
-    listing_gaps_during_backfill: list[str] = field(default_factory=list)
     claims_done: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -195,11 +194,7 @@ class Traffic:
             if len(ids) != len(set(ids)):
                 self.failures.append(f"list {workspace_id}: {len(ids) - len(set(ids))} jobs listed twice")
             missing = set(known) - set(ids)
-            if missing and "backfill" in phase + self.phase:
-                # Known JobService gap, reported: a backfill indexing old records while a listing pages
-                # from the index to the legacy keys hides them from that listing. Kept apart, not ignored.
-                self.listing_gaps_during_backfill.append(f"list {workspace_id}: {len(missing)} not listed")
-            elif missing:
+            if missing:
                 self.failures.append(
                     f"list {workspace_id} ({phase} .. {self.phase}): {len(missing)} acknowledged jobs not "
                     f"listed, e.g. {sorted(missing)[:3]}"
