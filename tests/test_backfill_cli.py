@@ -126,6 +126,8 @@ async def test_ctrl_c_detaches_and_the_backfill_keeps_running(relay, redis, keys
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
+        # As in a terminal: a process started in the background by a shell inherits SIGINT ignored.
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "from relay.clients.relayctl import main; main()",
         *("--target", relay.target, "--api-key", keys.raw["admin"]),
         *("backfill", "start", "--execute", "--rps", "500"),
