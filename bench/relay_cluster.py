@@ -17,12 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import redis as sync_redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.redis_proc import RedisProcess, free_port, start_redis
-from bench.server_proc import ServerProcess, relay_serve_argv
+from bench.server_proc import ServerProcess, relay_serve_argv, wait_serving
 
 JOB_SERVICE = "relay.v1.JobService"
 CONTROLLER_SERVICE = "relay.v1.MigrationController"
@@ -208,21 +206,3 @@ class Cluster:
                 if self.redis.process.poll() is not None or time.monotonic() - began > timeout:
                     raise RuntimeError("the private redis-server did not come back") from None
                 time.sleep(0.05)
-
-
-def wait_serving(srv: ServerProcess, service: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(srv.target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if srv.process.poll() is not None:
-                raise RuntimeError(f"relay {srv.name} exited at start-up: {srv.log_path.read_text()[-2000:]}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"relay {srv.name} did not become healthy within {timeout:.0f} s")
-            time.sleep(0.05)

@@ -55,14 +55,15 @@ def start_server(
         )
     srv = ServerProcess(name, target, process, log_path)
     try:
-        _wait_serving(srv)
+        wait_serving(srv)
     except BaseException:
         srv.stop()
         raise
     return srv
 
 
-def _wait_serving(srv: ServerProcess, timeout: float = 30.0) -> None:
+def wait_serving(srv: ServerProcess, service: str = JOB_SERVICE, timeout: float = 30.0) -> None:
+    """Wait until ``srv`` reports ``service`` SERVING on the standard health service."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(srv.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -70,7 +71,7 @@ def _wait_serving(srv: ServerProcess, timeout: float = 30.0) -> None:
             if srv.process.poll() is not None:
                 raise RuntimeError(f"{srv.name} exited at start-up: {srv.log_path.read_text()[-2000:]}")
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=JOB_SERVICE), timeout=1)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:

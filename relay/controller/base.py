@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import timestamp_pb2
 from redis.asyncio import Redis
 
 from relay.core.auth import SCOPE_ADMIN, KeyRing, Principal
@@ -30,3 +31,9 @@ class ControllerBase:
         principal = await self.parts.keyring.authenticate(context.invocation_metadata())
         principal.require(SCOPE_ADMIN)
         return principal
+
+
+def stamp(target: timestamp_pb2.Timestamp, seconds: float) -> None:
+    """Set a Timestamp from epoch seconds; 0 (never happened) leaves it unset."""
+    if seconds > 0:
+        target.FromMicroseconds(round(seconds * 1e6))

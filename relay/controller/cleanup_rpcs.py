@@ -6,9 +6,8 @@ import functools
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import timestamp_pb2
 
-from relay.controller.base import ControllerBase
+from relay.controller.base import ControllerBase, stamp
 from relay.controller.cleaner import Cleaner
 from relay.controller.reverse_copier import ReverseCopier
 from relay.controller.stage_control import StageControl
@@ -31,11 +30,6 @@ KINDS = {
     "failed": pb.CLEANUP_EVENT_KIND_FAILED,
     "stopped": pb.CLEANUP_EVENT_KIND_STOPPED,
 }
-
-
-def _stamp(target: timestamp_pb2.Timestamp, seconds: float) -> None:
-    if seconds > 0:
-        target.FromMicroseconds(round(seconds * 1e6))
 
 
 def cleanup_proto(run: SweepRun) -> pb.Cleanup:
@@ -61,8 +55,8 @@ def cleanup_proto(run: SweepRun) -> pb.Cleanup:
         total_estimate=run.total_estimate,
         percent_done=run.percent_done,
     )
-    _stamp(message.start_time, run.started_at)
-    _stamp(message.end_time, run.ended_at)
+    stamp(message.start_time, run.started_at)
+    stamp(message.end_time, run.ended_at)
     return message
 
 

@@ -6,9 +6,8 @@ import functools
 import logging
 
 import grpc
-from google.protobuf import timestamp_pb2
 
-from relay.controller.base import ControllerBase
+from relay.controller.base import ControllerBase, stamp
 from relay.controller.stage_control import ScopeStage, StageControl
 from relay.controller.stage_rules import RuleLimits
 from relay.core.codec import parse_time
@@ -26,11 +25,6 @@ def rule_limits(settings: Settings) -> RuleLimits:
     return RuleLimits(settings.stage_settle_seconds, settings.verification_max_age_seconds)
 
 
-def _stamp(target: timestamp_pb2.Timestamp, seconds: float) -> None:
-    if seconds > 0:
-        target.FromMicroseconds(round(seconds * 1e6))
-
-
 def setting_proto(scope: ScopeStage) -> stage_pb2.StageSetting:
     setting, history = scope.setting, scope.history
     message = stage_pb2.StageSetting(
@@ -44,10 +38,10 @@ def setting_proto(scope: ScopeStage) -> stage_pb2.StageSetting:
     updated = parse_time(setting.updated_at)
     if updated is not None:
         message.update_time.FromDatetime(updated)
-    _stamp(message.enter_time, history.entered_at)
-    _stamp(message.new_writes_start_time, history.new_writes_since)
-    _stamp(message.legacy_writes_stop_time, history.legacy_writes_stopped_at)
-    _stamp(message.legacy_writes_resume_time, history.legacy_writes_resumed_at)
+    stamp(message.enter_time, history.entered_at)
+    stamp(message.new_writes_start_time, history.new_writes_since)
+    stamp(message.legacy_writes_stop_time, history.legacy_writes_stopped_at)
+    stamp(message.legacy_writes_resume_time, history.legacy_writes_resumed_at)
     return message
 
 

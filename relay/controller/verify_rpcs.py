@@ -6,9 +6,8 @@ import functools
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import timestamp_pb2
 
-from relay.controller.base import ControllerBase
+from relay.controller.base import ControllerBase, stamp
 from relay.controller.verifier import VerificationRun, Verifier
 from relay.core.errors import NotFound
 from relay.core.ids import check_workspace_id
@@ -27,11 +26,6 @@ KINDS = {
     "completed": pb.VERIFICATION_EVENT_KIND_COMPLETED,
     "failed": pb.VERIFICATION_EVENT_KIND_FAILED,
 }
-
-
-def _stamp(target: timestamp_pb2.Timestamp, seconds: float) -> None:
-    if seconds > 0:
-        target.FromMicroseconds(round(seconds * 1e6))
 
 
 def verification_proto(run: VerificationRun) -> pb.Verification:
@@ -64,8 +58,8 @@ def verification_proto(run: VerificationRun) -> pb.Verification:
                 sample_job_ids=counts.samples,
             )
         )
-    _stamp(message.start_time, run.started_at)
-    _stamp(message.end_time, run.ended_at)
+    stamp(message.start_time, run.started_at)
+    stamp(message.end_time, run.ended_at)
     return message
 
 
