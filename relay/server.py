@@ -30,6 +30,7 @@ from relay.core.page_token import PageTokenCodec
 from relay.core.redis_observer import observe_redis
 from relay.core.rpc_observer import RpcObserver
 from relay.core.stage_store import StageView
+from relay.core.stores import Stores, TopologyError, open_stores
 from relay.core.telemetry import Metrics, build_metrics, serve_metrics
 from relay.services.job_servicer import JobServicer
 from relay.services.job_store import JobStore
@@ -41,15 +42,15 @@ ROLES = ("all", "jobs", "controller")
 DEV_WORKSPACE = "dev"
 
 
-async def connect(settings: Settings) -> Redis:
+async def connect(settings: Settings) -> Stores:
     if settings.redis_url:
-        return Redis.from_url(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
-        )
+        return await open_stores(settings.redis_url, settings.legacy_redis_url)
+    if settings.legacy_redis_url:
+        raise TopologyError("RELAY_LEGACY_REDIS_URL is set but REDIS_URL is not: name the new layout's store")
     from fakeredis import FakeAsyncRedis, FakeServer
 
     log.warning("REDIS_URL is not set: using an embedded in-memory store; all data is lost at exit")
-    return FakeAsyncRedis(server=FakeServer(version=(7, 0)))
+    return Stores.single(FakeAsyncRedis(server=FakeServer(version=(7, 0))))
 
 
 @dataclass
@@ -58,11 +59,12 @@ class App:
 
     server: grpc.aio.Server
     port: int
-    redis: Redis
+    stores: Stores
     metrics: Metrics
     stages: StageView
     health: Any
     background: list[Any] = field(default_factory=list)
+    job_store: JobStore | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
@@ -70,7 +72,12 @@ class App:
         for part in reversed(self.background):
             await part.stop()
         await self.stages.stop()
-        await self.redis.aclose()
+        await self.stores.aclose()
+
+    @property
+    def redis(self) -> Redis:
+        """The store of the new layout and Relay's state."""
+        return self.stores.new  # type: ignore[return-value]
 
 
 def grpc_server(metrics: Metrics) -> grpc.aio.Server:
@@ -82,13 +89,21 @@ def grpc_server(metrics: Metrics) -> grpc.aio.Server:
 
 
 async def start(
-    settings: Settings, role: str = "all", redis: Redis | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    role: str = "all",
+    redis: Redis | None = None,
+    metrics: Metrics | None = None,
+    stores: Stores | None = None,
 ) -> App:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
-    redis = redis if redis is not None else await connect(settings)
+    if stores is None:
+        stores = Stores.single(redis) if redis is not None else await connect(settings)
+    redis = stores.new
     metrics = metrics or build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
     observe_redis(redis, metrics)
+    if not stores.shared:
+        observe_redis(stores.legacy, metrics)
     static = load_key_file(settings.api_keys_file) if settings.api_keys_file else {}
     keyring = KeyRing(redis, static, settings.api_key_cache_seconds)
     if not static and not await keyring.any_stored():
@@ -102,15 +117,16 @@ async def start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
     background: list[Any] = []
+    store: JobStore | None = None
     if role in ("all", "jobs"):
         tokens = await PageTokenCodec.shared(redis)
-        store = JobStore(redis, stages, tokens, metrics, settings.idempotency_ttl_seconds)
+        store = JobStore(stores, stages, tokens, metrics, settings.idempotency_ttl_seconds)
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(store, keyring, settings), server)
         names.append(job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name)
     if role in ("all", "controller"):
         from relay.controller.assembly import add_controller
 
-        names.append(await add_controller(server, redis, settings, metrics, keyring, stages, background))
+        names.append(await add_controller(server, stores, settings, metrics, keyring, stages, background))
     reflection.enable_server_reflection(names, server)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
@@ -119,7 +135,7 @@ async def start(
     for name in names[1:]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, redis, metrics, stages, health_servicer, background)
+    return App(server, port, stores, metrics, stages, health_servicer, background, store)
 
 
 async def _make_dev_key(keyring: KeyRing, settings: Settings) -> None:
@@ -161,7 +177,16 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="run JobService and/or MigrationController")
     serve.add_argument("role", nargs="?", default="all", choices=ROLES)
     serve.add_argument("--listen", help="host:port (env RELAY_LISTEN, default 127.0.0.1:50051)")
-    serve.add_argument("--redis-url", help="redis://... (env REDIS_URL; empty: embedded in-memory store)")
+    serve.add_argument(
+        "--redis-url",
+        help="redis://... of the new layout's store, a single Redis or any node of a cluster "
+        "(env REDIS_URL; empty: embedded in-memory store)",
+    )
+    serve.add_argument(
+        "--legacy-redis-url",
+        help="redis://... of the single Redis holding the legacy layout (env RELAY_LEGACY_REDIS_URL; "
+        "empty: the same store as --redis-url)",
+    )
     serve.add_argument(
         "--metrics-listen", help="host:port for /metrics (env RELAY_METRICS_LISTEN; '' is off)"
     )
@@ -170,9 +195,14 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env(
         listen=args.listen,
         redis_url=args.redis_url,
+        legacy_redis_url=args.legacy_redis_url,
         metrics_listen=args.metrics_listen,
         api_keys_file=args.api_keys_file,
     )
     logs.configure(settings.log_level, settings.log_format)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings, args.role))
+        try:
+            asyncio.run(_serve(settings, args.role))
+        except TopologyError as exc:
+            print(f"relay: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None

@@ -175,7 +175,9 @@ async def test_a_workspace_filter_copies_that_workspace_only(relay, redis, keys)
     p = final_progress(await run_backfill(relay, keys, workspace_id="ws-b"))
 
     assert (p.scanned, p.migrated, p.filtered_out) == (300, 300, 600)
-    spaces = {key.decode().split(":")[2] async for key in redis.scan_iter(match="ai:job:*", count=1000)}
+    spaces = {
+        KEYS.parse_new_job(key.decode())[0] async for key in redis.scan_iter(match="ai:job:*", count=1000)
+    }
     assert spaces == {"ws-b"}
     assert not await redis.exists(KEYS.legacy_indexed)
 

@@ -35,10 +35,14 @@ async def test_200_concurrent_executes_with_one_client_request_id_make_exactly_o
     [(job_id,)] = ids
     assert await _count(redis, "ai:jobs:*") == (1 if stage.writes_legacy else 0)
     assert await _count(redis, "ai:job:*") == (1 if stage.writes_new else 0)
-    assert await redis.llen(KEYS.legacy_queue) + await redis.llen(KEYS.queue) == 1
+    assert await redis.llen(KEYS.legacy_queue) + await redis.llen(KEYS.queue("ws-a")) == 1
     assert await redis.zcard(KEYS.job_index("ws-a")) == 1
-    assert await redis.get(KEYS.idempotency("ws-a", "retry-me")) == job_id.encode()
-    assert 23 * 3600 < await redis.ttl(KEYS.idempotency("ws-a", "retry-me")) <= 24 * 3600
+    # The idempotency key of each layout the stage writes.
+    written = [KEYS.idempotency("ws-a", "retry-me")] if stage.writes_legacy else []
+    written += [KEYS.new_idempotency("ws-a", "retry-me")] if stage.writes_new else []
+    for key in written:
+        assert await redis.get(key) == job_id.encode()
+        assert 23 * 3600 < await redis.ttl(key) <= 24 * 3600
 
 
 async def test_a_replay_after_the_job_moved_on_returns_the_original_job(relay, redis, keys):
@@ -97,5 +101,5 @@ async def test_execute_writes_the_layouts_and_queue_the_stage_says(start_relay, 
         assert legacy == new
     # Workers of the old system read ai:queue:pending; it gets the job only while no new copy exists.
     assert await redis.lrange(KEYS.legacy_queue, 0, -1) == ([] if stage.writes_new else [job_id.encode()])
-    assert await redis.lrange(KEYS.queue, 0, -1) == ([f"ws-a:{job_id}".encode()] if stage.writes_new else [])
+    assert await redis.lrange(KEYS.queue("ws-a"), 0, -1) == ([job_id.encode()] if stage.writes_new else [])
     assert await redis.zcard(KEYS.job_index("ws-a")) == 1

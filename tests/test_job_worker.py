@@ -4,7 +4,6 @@ UpdateJobStatus moves it on, touching only the copies that exist in the layouts 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 
 import grpc
@@ -194,25 +193,36 @@ async def test_finishing_a_pending_job_sets_both_times(relay, keys):
 # --- ClaimJob ---------------------------------------------------------------------------------------
 
 
-async def test_claim_takes_jobs_from_both_queues_oldest_first_and_marks_them_running(
-    start_relay, redis, keys
-):
+async def test_claims_go_round_the_queues_fifo_within_each_and_mark_jobs_running(start_relay, redis, keys):
     relay = await start_relay(stage=Stage.READ_NEW)
     legacy_era = await start_relay(stage=Stage.LEGACY_ONLY)
     oldest = await write_legacy_job(redis, "ws-b", queue=True, enqueued_at=old_timestamp(0))
     older = await write_legacy_job(redis, "ws-a", queue=True, enqueued_at=old_timestamp(1))
     [new1] = await execute(relay.jobs, keys.md("ws_a"))
     [legacy_late] = await execute(legacy_era.jobs, keys.md("ws_b"))  # a legacy-only workspace, later
-    [new2] = await execute(relay.jobs, keys.md("ws_b"))
+    [new2, new3] = await execute(relay.jobs, keys.md("ws_b"), count=2)
     order = []
     while (job := await _claim(relay, keys)) is not None:
         order.append(job.job_id)
         assert job.status == pb.JOB_STATUS_RUNNING and job.HasField("start_time")
-    assert order == [oldest, older, new1, legacy_late, new2]
+    assert sorted(order) == sorted([oldest, older, new1, legacy_late, new2, new3])
+    # FIFO within each queue: the legacy queue, ws-a's and ws-b's.
+    for queue in ([oldest, older, legacy_late], [new1], [new2, new3]):
+        assert [j for j in order if j in queue] == queue
+    # Round robin: the first three claims served three different queues.
+    assert {order[0], order[1], order[2]} & {new1} and {order[0], order[1], order[2]} & {new2}
     assert (await _hash(redis, KEYS.legacy_job(oldest)))["status"] == "running"
     assert await redis.exists(KEYS.new_job("ws-b", oldest)) == 0, "a claim creates no copy either"
-    for key in (KEYS.legacy_queue, KEYS.queue, KEYS.claiming):
+    for key in (KEYS.legacy_queue, KEYS.queue("ws-a"), KEYS.queue("ws-b"), KEYS.legacy_claiming):
         assert await redis.llen(key) == 0
+
+
+async def test_a_busy_workspace_never_starves_a_quiet_one(start_relay, keys):
+    relay = await start_relay(stage=Stage.NEW_ONLY)
+    await execute(relay.jobs, keys.md("ws_a"), count=50)
+    [quiet] = await execute(relay.jobs, keys.md("ws_b"))
+    first_two = [(await _claim(relay, keys)).job_id for _ in range(2)]
+    assert quiet in first_two
 
 
 async def test_many_concurrent_workers_get_each_job_exactly_once(start_relay, redis, keys):
@@ -241,7 +251,7 @@ async def test_entries_of_gone_finished_or_messy_jobs_are_skipped(relay, redis, 
     assert await _claim(relay, keys) is None
     assert (await _hash(redis, KEYS.legacy_job(done)))["status"] == "completed"
     assert (await _hash(redis, KEYS.legacy_job(other)))["status"] == "pending"
-    assert await redis.llen(KEYS.claiming) == 0
+    assert await redis.llen(KEYS.legacy_claiming) == 0
 
 
 async def test_a_claimed_job_can_then_be_completed_by_the_worker(relay, keys):
@@ -264,14 +274,14 @@ async def test_an_entry_whose_claimer_died_is_put_back_after_the_claim_timeout(r
     async def die(*args, **kwargs):
         raise ConnectionError("the claimer died")
 
-    monkeypatch.setattr(store, "_scripts", dataclasses.replace(store._scripts, claim=die))
+    monkeypatch.setattr(store._claims._legacy_scripts, "claim", die)
     with pytest.raises(ConnectionError):
         await store.claim()
     monkeypatch.undo()
-    assert await redis.lrange(KEYS.claiming, 0, -1) == [job_id.encode()]
+    assert await redis.lrange(KEYS.legacy_claiming, 0, -1) == [job_id.encode()]
     assert await store.claim() is None, "not before the timeout"
     await asyncio.sleep(1.0)
     record = await store.claim()
     assert record is not None and record["job_id"] == job_id and record["status"] == "running"
-    assert await redis.llen(KEYS.claiming) == 0
-    assert await redis.hlen(KEYS.claim_times) == 0
+    assert await redis.llen(KEYS.legacy_claiming) == 0
+    assert await redis.hlen(KEYS.legacy_claim_times) == 0

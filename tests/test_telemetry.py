@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ResponseError
 
 from relay.core.config import Settings
+from relay.core.keys import KEYS
 from relay.core.stage_store import write_stage
 from relay.core.stages import Stage, StageSetting
 from relay.core.telemetry import (
@@ -267,7 +268,7 @@ async def test_a_flood_of_ten_thousand_workspaces_leaves_a_bounded_number_of_ser
                     observe(ws_busy)
     # Every workspace also has its own stage override.
     await relay.app.redis.hset(
-        "ai:relay:stage", mapping={ws: StageSetting(Stage.NEW_ONLY).to_json() for ws in flood + busy}
+        KEYS.stage, mapping={ws: StageSetting(Stage.NEW_ONLY).to_json() for ws in flood + busy}
     )
     await relay.app.stages.refresh()
     text = await asyncio.to_thread(scrape_http, metrics)

@@ -11,16 +11,23 @@ from redis.asyncio import Redis
 from relay.core.auth import SCOPE_ADMIN, KeyRing, Principal
 from relay.core.config import Settings
 from relay.core.stage_store import StageView
+from relay.core.stores import Stores
 from relay.core.telemetry import Metrics
 
 
 @dataclass
 class ControllerParts:
+    #: The store of the new layout and Relay's state.
     redis: Redis
     settings: Settings
     keyring: KeyRing
     stages: StageView
     metrics: Metrics
+    stores: Stores | None = None
+
+    def __post_init__(self) -> None:
+        if self.stores is None:
+            self.stores = Stores.single(self.redis)
 
 
 class ControllerBase:

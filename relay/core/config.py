@@ -18,6 +18,11 @@ def _default_credentials_path() -> Path:
 class Settings:
     #: Empty: the embedded in-memory store (fakeredis), for a first look; never for production.
     redis_url: str = ""
+    #: The single Redis holding the legacy layout; empty: the same store as ``redis_url`` (topology 1).
+    legacy_redis_url: str = ""
+    #: Replicas that must confirm each mutating RPC's writes (WAIT) before it is answered; 0: none.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
     listen: str = "127.0.0.1:50051"
     #: Empty turns the Prometheus endpoint off.
     metrics_listen: str = "127.0.0.1:9464"
@@ -60,6 +65,9 @@ class Settings:
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {
             "redis_url": env.get("REDIS_URL", ""),
+            "legacy_redis_url": env.get("RELAY_LEGACY_REDIS_URL", ""),
+            "redis_wait_replicas": int(env.get("RELAY_REDIS_WAIT_REPLICAS", "0")),
+            "redis_wait_timeout_ms": int(env.get("RELAY_REDIS_WAIT_TIMEOUT_MS", "500")),
             "listen": env.get("RELAY_LISTEN", "127.0.0.1:50051"),
             "metrics_listen": env.get("RELAY_METRICS_LISTEN", "127.0.0.1:9464"),
             "api_keys_file": env.get("RELAY_API_KEYS_FILE", ""),

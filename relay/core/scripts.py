@@ -27,45 +27,62 @@ end
 """
 
 ENQUEUE = """
--- Enqueue a batch of jobs for one workspace, with the idempotency check inside the same step.
+-- Enqueue a batch of jobs for one workspace, with the idempotency check inside the same step (the shared
+-- topology: both layouts, the queues and the claim rotation on one Redis).
 -- KEYS[1]            the workspace's job index (sorted set, lexicographic)
 -- KEYS[2]            the legacy pending queue (job ids)
--- KEYS[3]            the new pending queue (<workspace_id>:<job_id>)
--- KEYS[4 + 3(i-1)]   action i's idempotency key (untouched when it has no client_request_id)
--- KEYS[5 + 3(i-1)]   action i's legacy job key
--- KEYS[6 + 3(i-1)]   action i's new job key
+-- KEYS[3]            the workspace's pending queue (job ids)
+-- KEYS[4]            the workspace queue's sequence (pushes ever made)
+-- KEYS[5]            the claim rotation (sorted set of queues that may hold work)
+-- KEYS[6]            the claim rotation's sequences (hash)
+-- KEYS[7 + 4(i-1)]   action i's legacy idempotency key (untouched when it has no client_request_id)
+-- KEYS[8 + 4(i-1)]   action i's new-layout idempotency key (likewise)
+-- KEYS[9 + 4(i-1)]   action i's legacy job key
+-- KEYS[10 + 4(i-1)]  action i's new job key
 local write_legacy = ARGV[1] == '1'   -- the stage writes the legacy layout
 local write_new = ARGV[2] == '1'      -- the stage writes the new layout
 local idempotency_ttl = ARGV[3]       -- seconds an idempotency key lives
 local workspace_id = ARGV[4]
 -- then for action i, at ARGV[5 + 4(i-1)] onwards:
 --   job_id, has_client_request_id ('1'/'0'), index_member, record (JSON array field, value, ...)
+-- Returns {queue depth (legacy queue and the workspace's), job id per action}.
 local ids = {}
-local n = (#KEYS - 3) / 3
+local n = (#KEYS - 6) / 4
+local pushed = false
 for i = 1, n do
-  local k = 4 + 3 * (i - 1)
+  local k = 7 + 4 * (i - 1)
   local a = 5 + 4 * (i - 1)
   local job_id, has_crid, member = ARGV[a], ARGV[a + 1] == '1', ARGV[a + 2]
-  local original = has_crid and redis.call('GET', KEYS[k])
+  -- A replay finds its original in either layout's key, whichever stage wrote it.
+  local original = has_crid and (redis.call('GET', KEYS[k]) or redis.call('GET', KEYS[k + 1]))
   if original then
     ids[i] = original
   else
     local record = cjson.decode(ARGV[a + 3])
-    if has_crid then
-      redis.call('SET', KEYS[k], job_id, 'EX', idempotency_ttl)
-    end
     if write_legacy then
-      redis.call('HSET', KEYS[k + 1], unpack(record))
+      if has_crid then redis.call('SET', KEYS[k], job_id, 'EX', idempotency_ttl) end
+      for s = 1, #record, 1000 do
+        redis.call('HSET', KEYS[k + 2], unpack(record, s, math.min(s + 999, #record)))
+      end
     end
     if write_new then
-      redis.call('HSET', KEYS[k + 2], unpack(record))
-      redis.call('RPUSH', KEYS[3], workspace_id .. ':' .. job_id)
+      if has_crid then redis.call('SET', KEYS[k + 1], job_id, 'EX', idempotency_ttl) end
+      for s = 1, #record, 1000 do
+        redis.call('HSET', KEYS[k + 3], unpack(record, s, math.min(s + 999, #record)))
+      end
+      redis.call('RPUSH', KEYS[3], job_id)
+      redis.call('INCR', KEYS[4])
+      pushed = true
     else
       redis.call('RPUSH', KEYS[2], job_id)
     end
     redis.call('ZADD', KEYS[1], 0, member)
     ids[i] = job_id
   end
+end
+if pushed then
+  redis.call('ZADD', KEYS[5], 'NX', 0, workspace_id)
+  redis.call('HSET', KEYS[6], workspace_id, redis.call('GET', KEYS[4]))
 end
 local depth = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
 table.insert(ids, 1, depth)
@@ -169,38 +186,6 @@ return redis.call('HGETALL', truth)
 """
 )
 
-PEEK_PENDING = """
--- Put back the claiming entries whose claimer died (taken at least ``timeout`` seconds ago, oldest
--- first, at most ``max_recovered``) at the head of their queue, then return the head of each queue.
--- KEYS[1]  the legacy pending queue (job ids)
--- KEYS[2]  the new pending queue (<workspace_id>:<job_id>)
--- KEYS[3]  the claiming list (oldest claim at the head)
--- KEYS[4]  the claim times hash (entry -> Redis TIME in seconds)
-local timeout = tonumber(ARGV[1])
-local max_recovered = tonumber(ARGV[2])
--- Returns {legacy head or '', new head or ''}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-for _ = 1, max_recovered do
-  local entry = redis.call('LINDEX', KEYS[3], 0)
-  if not entry then break end
-  local taken = tonumber(redis.call('HGET', KEYS[4], entry))
-  if not taken then
-    -- Left by a claimer that kept no time (a duplicate entry's, or one from before claim times): its
-    -- timeout starts now.
-    redis.call('HSET', KEYS[4], entry, tostring(now))
-    break
-  end
-  if now - taken < timeout then break end
-  redis.call('LPOP', KEYS[3])
-  redis.call('HDEL', KEYS[4], entry)
-  -- Job ids never hold ':' (they are validated), so only new-queue entries do.
-  if string.find(entry, ':', 1, true) then redis.call('LPUSH', KEYS[2], entry)
-  else redis.call('LPUSH', KEYS[1], entry) end
-end
-return {redis.call('LINDEX', KEYS[1], 0) or '', redis.call('LINDEX', KEYS[2], 0) or ''}
-"""
-
 LEGACY_KEYS_OF_WORKSPACE = """
 -- Read-only: which of one SCAN step's legacy keys hold a record of the workspace (with the status, when
 -- one is given). One short reply instead of a pipeline of HMGETs, one reply per key, which costs the
@@ -223,25 +208,18 @@ end
 return out
 """
 
-TAKE_PENDING = """
--- Move the head of a pending queue to the claiming list and note when, so that the entry can be put
--- back if its claimer dies before marking the job.
--- KEYS[1]  the pending queue
--- KEYS[2]  the claiming list
--- KEYS[3]  the claim times hash
--- Returns the entry, or nil when the queue is empty.
-local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-if not entry then return nil end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[3], entry, tostring(tonumber(t[1]) + tonumber(t[2]) / 1e6))
-return entry
-"""
-
-
 # One reply for a page of records instead of one per key. Measured for 100 keys (bench/): a pipeline of
 # HGETALLs costs the client 2.1 ms of CPU (redis-py handles each reply separately) and Redis 0.2 ms; this
 # script 0.4 ms and 0.6 ms. Worth it for a page (and the read is one consistent snapshot of every copy);
 # not for hundreds of keys at once, which would hold Redis for milliseconds.
+NOW = """
+-- Read-only: the clock of the node that serves KEYS[1]'s slot (Redis TIME, micros), so that a listing's
+-- start and the backfill's late-index scores come from the same clock.
+-- KEYS[1]  any key of the workspace's slot
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
 READ_RECORDS = """
 -- Read job records in one step: for each key, its hash as a flat field/value list, or an empty list when
 -- the key is missing or is not a hash (messy legacy data is no error).
@@ -262,10 +240,9 @@ class Scripts:
     enqueue: AsyncScript
     update_status: AsyncScript
     claim: AsyncScript
-    peek_pending: AsyncScript
-    take_pending: AsyncScript
     legacy_keys_of_workspace: AsyncScript
     read_records: AsyncScript
+    now: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:
@@ -273,10 +250,9 @@ class Scripts:
             enqueue=redis.register_script(ENQUEUE),
             update_status=redis.register_script(UPDATE_STATUS),
             claim=redis.register_script(CLAIM),
-            peek_pending=redis.register_script(PEEK_PENDING),
-            take_pending=redis.register_script(TAKE_PENDING),
             legacy_keys_of_workspace=redis.register_script(LEGACY_KEYS_OF_WORKSPACE),
             read_records=redis.register_script(READ_RECORDS),
+            now=redis.register_script(NOW),
         )
 
 

@@ -162,6 +162,12 @@ class Metrics:
         self.dual_write = c("relay_dual_write", description="Job writes by the layouts written and result")
         # --- added -----------------------------------------------------------------------------
         self.shadow_reads = c("relay_shadow_reads", description="Shadow reads comparing both layouts")
+        self.foreign_records = c(
+            "relay_foreign_records", description="Records under a key of another workspace, served to nobody"
+        )
+        self.replica_repairs = c(
+            "relay_replica_repairs", description="Replica writes a crash left owed, replayed by the repairer"
+        )
         self.rpc_duration = h(
             "relay_rpc_duration_seconds", unit="s", description="RPC handling time by method and status code"
         )
