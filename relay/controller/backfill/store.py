@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill_state import BackfillRecord
+from relay.controller.backfill.state import BackfillRecord
 from relay.core import codec
 from relay.core.keys import KEYS, KeyLayout
 from relay.core.scripts import (

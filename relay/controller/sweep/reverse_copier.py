@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from relay.controller.migration_facts import record_reverse_copy_completed
-from relay.controller.operation import backfill_running, refuse_while_backfill_runs
-from relay.controller.sweep import Sweep, SweepRun
+from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
+from relay.controller.stages.facts import record_reverse_copy_completed
+from relay.controller.sweep.loop import Sweep, SweepRun
 from relay.core.codec import DATA_FIELDS
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, NEW_JOB_PATTERN, KeyLayout

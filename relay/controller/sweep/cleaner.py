@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from relay.controller.migration_facts import read_evidence, record_cleanup_completed, redis_now
-from relay.controller.operation import backfill_running, refuse_while_backfill_runs
-from relay.controller.stage_control import StageControl
-from relay.controller.stage_rules import Refusal, check_cleanup_allowed
-from relay.controller.sweep import Sweep, SweepRun
+from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
+from relay.controller.stages.control import StageControl
+from relay.controller.stages.facts import read_evidence, record_cleanup_completed, redis_now
+from relay.controller.stages.rules import Refusal, check_cleanup_allowed
+from relay.controller.sweep.loop import Sweep, SweepRun
 from relay.core.codec import DATA_FIELDS
 from relay.core.errors import FailedPrecondition
 from relay.core.ids import is_job_id, is_workspace_id

@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from relay.controller.stage_rules import Evidence, Fact
+from relay.controller.stages.rules import Evidence, Fact
 from relay.core.codec import parse_time
 from relay.core.keys import KEYS
 from relay.core.scripts import SET_FACTS

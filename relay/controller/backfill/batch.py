@@ -18,8 +18,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from relay.controller.backfill_state import COUNT_FIELDS, INVALID_IDS_KEPT
-from relay.controller.redis_run import ask_run_id, run_id_of
+from relay.controller.backfill.state import COUNT_FIELDS, INVALID_IDS_KEPT
+from relay.controller.common.redis_run import ask_run_id, run_id_of
 from relay.core import codec
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, LEGACY_JOB_PREFIX, KeyLayout
