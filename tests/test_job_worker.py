@@ -4,7 +4,6 @@ UpdateJobStatus moves it on, touching only the copies that exist in the layouts 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 
 import grpc
@@ -13,6 +12,7 @@ from google.protobuf import struct_pb2
 
 from relay.core import codec
 from relay.core.keys import KEYS
+from relay.core.lua.jobs import CLAIM
 from relay.core.page_token import PageTokenCodec
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage
@@ -264,7 +264,7 @@ async def test_an_entry_whose_claimer_died_is_put_back_after_the_claim_timeout(r
     async def die(*args, **kwargs):
         raise ConnectionError("the claimer died")
 
-    monkeypatch.setattr(store, "_scripts", dataclasses.replace(store._scripts, claim=die))
+    monkeypatch.setitem(store._lua._scripts, CLAIM, die)
     with pytest.raises(ConnectionError):
         await store.claim()
     monkeypatch.undo()

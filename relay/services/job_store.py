@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -17,8 +16,19 @@ from relay.core.codec import Record
 from relay.core.errors import FailedPrecondition, NotFound
 from relay.core.ids import is_job_id, is_workspace_id, new_job_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, KeyLayout
+from relay.core.lua import LuaScripts
+from relay.core.lua.jobs import (
+    CLAIM,
+    ENQUEUE,
+    LEGACY_KEYS_OF_WORKSPACE,
+    PEEK_PENDING,
+    READ_RECORDS,
+    TAKE_PENDING,
+    UPDATE_STATUS,
+    EnqueuedJob,
+    enqueue_call,
+)
 from relay.core.page_token import PageTokenCodec
-from relay.core.scripts import Scripts
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage, StageSetting
 from relay.core.telemetry import Metrics
@@ -67,7 +77,7 @@ class JobStore:
         claim_timeout_seconds: float = CLAIM_TIMEOUT_SECONDS,
     ):
         self._redis = redis
-        self._scripts = Scripts.register(redis)
+        self._lua = LuaScripts(redis)
         self._stages = stages
         self._tokens = tokens
         self._metrics = metrics
@@ -81,22 +91,10 @@ class JobStore:
     ) -> tuple[list[str], int]:
         """Enqueue one job per action; a replayed client_request_id yields the original job id."""
         stage = self._stages.for_workspace(workspace_id).stage
-        k = self._keys
-        keys = [k.job_index(workspace_id), k.legacy_queue, k.queue]
-        args: list[Any] = [
-            "1" if stage.writes_legacy else "0",
-            "1" if stage.writes_new else "0",
-            self._ttl,
-            workspace_id,
-        ]
         enqueued_at = codec.now_iso()
+        jobs = []
         for action in actions:
             job_id = new_job_id()
-            keys += [
-                k.idempotency(workspace_id, action.client_request_id),
-                k.legacy_job(job_id),
-                k.new_job(workspace_id, job_id),
-            ]
             record = codec.new_record(
                 job_id=job_id,
                 workspace_id=workspace_id,
@@ -106,14 +104,10 @@ class JobStore:
                 actor_id=actor_id,
                 enqueued_at=enqueued_at,
             )
-            flat = [item for pair in record.items() for item in pair]
-            args += [
-                job_id,
-                "1" if action.client_request_id else "0",
-                codec.index_member(job_id, enqueued_at),
-            ]
-            args.append(json.dumps(flat))
-        reply = await self._scripts.enqueue(keys=keys, args=args)
+            member = codec.index_member(job_id, enqueued_at)
+            jobs.append(EnqueuedJob(job_id, action.client_request_id, member, record))
+        keys, args = enqueue_call(self._keys, workspace_id, stage, self._ttl, jobs)
+        reply = await self._lua.call(ENQUEUE, keys=keys, args=args)
         layouts = (
             "both" if stage.writes_legacy and stage.writes_new else ("new" if stage.writes_new else "legacy")
         )
@@ -124,7 +118,8 @@ class JobStore:
         self, workspace_id: str, job_id: str, status: str, result_json: str | None, error: str | None
     ) -> Record:
         stage = self._stages.for_workspace(workspace_id).stage
-        reply = await self._scripts.update_status(
+        reply = await self._lua.call(
+            UPDATE_STATUS,
             keys=[self._keys.legacy_job(job_id), self._keys.new_job(workspace_id, job_id)],
             args=[
                 workspace_id,
@@ -156,15 +151,16 @@ class JobStore:
         """
         k = self._keys
         for _ in range(CLAIM_ATTEMPTS):  # entries of jobs that are gone or already taken are dropped
-            legacy_head, new_head = await self._scripts.peek_pending(
+            legacy_head, new_head = await self._lua.call(
+                PEEK_PENDING,
                 keys=[k.legacy_queue, k.queue, k.claiming, k.claim_times],
                 args=[self._claim_timeout, CLAIMS_RECOVERED_PER_CALL],
             )
             if not legacy_head and not new_head:
                 return None
             from_legacy = await self._legacy_head_is_older(legacy_head, new_head)
-            entry = await self._scripts.take_pending(
-                keys=[k.legacy_queue if from_legacy else k.queue, k.claiming, k.claim_times]
+            entry = await self._lua.call(
+                TAKE_PENDING, keys=[k.legacy_queue if from_legacy else k.queue, k.claiming, k.claim_times]
             )
             if entry is None:
                 continue  # other claimers emptied that queue meanwhile
@@ -211,7 +207,8 @@ class JobStore:
             log.warning("dropped a queue entry with no valid job behind it")
             return None
         stage = self._stages.for_workspace(workspace_id).stage
-        raw = await self._scripts.claim(
+        raw = await self._lua.call(
+            CLAIM,
             keys=[k.claiming, k.claim_times, k.legacy_job(job_id), k.new_job(workspace_id, job_id)],
             args=[entry, workspace_id, codec.now_iso(), *_layout_flags(stage)],
         )
@@ -237,7 +234,7 @@ class JobStore:
                 keys.append(self._keys.new_job(workspace_id, job_id))
             if read_legacy:
                 keys.append(self._keys.legacy_job(job_id))
-        replies = iter(await self._scripts.read_records(keys=keys) if keys else ())
+        replies = iter(await self._lua.call(READ_RECORDS, keys=keys) if keys else ())
         out: list[Record | None] = []
         paths: Counter[str] = Counter()
         for job_id in job_ids:
@@ -444,7 +441,7 @@ class JobStore:
         index, late = self._keys.job_index(workspace_id), self._keys.job_index_late(workspace_id)
         if not keys:
             return []
-        found = await self._scripts.legacy_keys_of_workspace(keys=keys, args=[workspace_id, status])
+        found = await self._lua.call(LEGACY_KEYS_OF_WORKSPACE, keys=keys, args=[workspace_id, status])
         if not found:
             return []
         mine = []
