@@ -48,7 +48,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from bench.redis_proc import RedisProcess, free_port, start_redis
 from bench.server_proc import ServerProcess
-from relay.controller.backfill_batch import BatchCopier, BatchReader
+from relay.controller.backfill.batch import BatchCopier, BatchReader
 from relay.core import codec
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN
 from relay.v1 import backfill_pb2 as bpb

@@ -10,7 +10,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from relay.controller.migration_facts import record_backfill_completed, redis_now
+from relay.controller.stages.facts import record_backfill_completed, redis_now
 from relay.core.stages import Stage
 from relay.v1 import cleanup_pb2, stage_pb2, verification_pb2
 

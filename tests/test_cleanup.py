@@ -6,8 +6,8 @@ import asyncio
 
 import grpc
 
-from relay.controller.lease import Lease
-from relay.controller.migration_facts import read_evidence
+from relay.controller.common.lease import Lease
+from relay.controller.stages.facts import read_evidence
 from relay.core.keys import KEYS
 from relay.core.stages import Stage
 from relay.v1 import cleanup_pb2 as pb

@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2
 
 from relay.core import codec
 from relay.core.keys import KEYS
+from relay.core.lua.jobs import CLAIM
 from relay.core.page_token import PageTokenCodec
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage
@@ -274,7 +275,7 @@ async def test_an_entry_whose_claimer_died_is_put_back_after_the_claim_timeout(r
     async def die(*args, **kwargs):
         raise ConnectionError("the claimer died")
 
-    monkeypatch.setattr(store._claims._legacy_scripts, "claim", die)
+    monkeypatch.setitem(store._claims._legacy_lua._scripts, CLAIM, die)
     with pytest.raises(ConnectionError):
         await store.claim()
     monkeypatch.undo()

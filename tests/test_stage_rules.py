@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.controller.stage_rules import (
+from relay.controller.stages.rules import (
     Evidence,
     Fact,
     RuleLimits,

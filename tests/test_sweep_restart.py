@@ -10,8 +10,8 @@ import uuid
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from relay.controller.reverse_copier import ReverseCopier
-from relay.controller.sweep import RESTARTED
+from relay.controller.sweep.loop import RESTARTED
+from relay.controller.sweep.reverse_copier import ReverseCopier
 from relay.core.keys import KEYS
 from tests.backfill_support import WORKSPACES, legacy_record
 from tests.test_backfill_restart import aof_redis, restart  # noqa: F401 (the fixture)

@@ -7,8 +7,8 @@ import time
 
 import grpc
 
-from relay.controller.lease import Lease
-from relay.controller.migration_facts import read_evidence
+from relay.controller.common.lease import Lease
+from relay.controller.stages.facts import read_evidence
 from relay.core import codec
 from relay.core.keys import KEYS
 from relay.core.stages import Stage

@@ -8,7 +8,7 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from relay.controller.verifier import RESTARTED, Verifier
+from relay.controller.verify.verifier import RESTARTED, Verifier
 from tests.backfill_support import seed_clean
 from tests.test_backfill_restart import aof_redis, restart  # noqa: F401 (the fixture)
 

@@ -7,11 +7,11 @@ protobuf; the error table of ``relay.core.rpc_errors`` is applied by ``@rpc_meth
 from __future__ import annotations
 
 from relay.controller.api_key_rpcs import ApiKeyRpcs
-from relay.controller.backfill_rpcs import BackfillRpcs
+from relay.controller.backfill.rpcs import BackfillRpcs
 from relay.controller.base import ControllerBase
-from relay.controller.cleanup_rpcs import CleanupRpcs
-from relay.controller.stage_rpcs import StageRpcs
-from relay.controller.verify_rpcs import VerifyRpcs
+from relay.controller.stages.rpcs import StageRpcs
+from relay.controller.sweep.rpcs import CleanupRpcs
+from relay.controller.verify.rpcs import VerifyRpcs
 from relay.v1 import migration_controller_pb2_grpc as pb_grpc
 
 

@@ -19,8 +19,9 @@ from relay.core.codec import Record
 from relay.core.errors import NotFound
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_QUEUE_MEMBER, KeyLayout
+from relay.core.lua import LuaScripts
 from relay.core.lua.claims import DROP_READY, FORGET_CLAIM, ROTATE, TAKE
-from relay.core.scripts import CLAIM
+from relay.core.lua.jobs import CLAIM
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage
 from relay.core.stores import Stores
@@ -52,13 +53,6 @@ class _Queue:
         return self.name == LEGACY_QUEUE_MEMBER
 
 
-class _Scripts:
-    def __init__(self, redis: Redis | RedisCluster):
-        self.take = redis.register_script(TAKE)
-        self.forget = redis.register_script(FORGET_CLAIM)
-        self.claim = redis.register_script(CLAIM)
-
-
 class Claims:
     def __init__(
         self,
@@ -73,10 +67,8 @@ class Claims:
         self._split = split
         self._keys = keys
         self._timeout = claim_timeout_seconds
-        self._rotate = stores.new.register_script(ROTATE)
-        self._drop = stores.new.register_script(DROP_READY)
-        self._new_scripts = _Scripts(stores.new)
-        self._legacy_scripts = self._new_scripts if stores.shared else _Scripts(stores.legacy)
+        self._lua = LuaScripts(stores.new)
+        self._legacy_lua = self._lua if stores.shared else LuaScripts(stores.legacy)
 
     def _queue(self, name: str) -> _Queue:
         k = self._keys
@@ -93,30 +85,30 @@ class Claims:
             name, self._stores.new, k.queue(name), k.claiming(name), k.claim_times(name), k.queue_seq(name)
         )
 
-    def _scripts(self, queue: _Queue) -> _Scripts:
-        return self._legacy_scripts if queue.is_legacy else self._new_scripts
+    def _lua_of(self, queue: _Queue) -> LuaScripts:
+        return self._legacy_lua if queue.is_legacy else self._lua
 
     async def claim(self) -> Record | None:
         """The head of the next queue in the rotation, now running; None when no queue holds work."""
         k = self._keys
         tried: set[str] = set()
         for _ in range(CLAIM_ATTEMPTS):
-            picked = await self._rotate(keys=[k.ready, k.ready_seq])
+            picked = await self._lua.call(ROTATE, keys=[k.ready, k.ready_seq])
             if not picked:
                 return None
             name = picked[0].decode()
             queue = self._queue(name)
             if not queue.is_legacy and not is_workspace_id(name):
-                await self._drop(keys=[k.ready, k.ready_seq], args=[name, 1 << 62])
+                await self._lua.call(DROP_READY, keys=[k.ready, k.ready_seq], args=[name, 1 << 62])
                 continue
-            scripts = self._scripts(queue)
-            entry, seq, claiming = await scripts.take(
+            entry, seq, claiming = await self._lua_of(queue).call(
+                TAKE,
                 keys=[queue.pending, queue.claiming, queue.claim_times, queue.seq],
                 args=[self._timeout, CLAIMS_RECOVERED_PER_CALL],
             )
             if not entry:
-                dropped = int(claiming) == 0 and await self._drop(
-                    keys=[k.ready, k.ready_seq], args=[name, int(seq)]
+                dropped = int(claiming) == 0 and await self._lua.call(
+                    DROP_READY, keys=[k.ready, k.ready_seq], args=[name, int(seq)]
                 )
                 if not dropped:
                     tried.add(name)  # still in the rotation, and empty for now
@@ -146,7 +138,8 @@ class Claims:
             return None
         stage = self._stages.for_workspace(workspace_id).stage
         if self._split is None:
-            raw = await self._scripts(queue).claim(
+            raw = await self._lua_of(queue).call(
+                CLAIM,
                 keys=[
                     queue.claiming,
                     queue.claim_times,
@@ -180,7 +173,7 @@ class Claims:
         return (raw or b"").decode("utf-8", "replace")
 
     async def _forget(self, queue: _Queue, entry: bytes) -> None:
-        await self._scripts(queue).forget(keys=[queue.claiming, queue.claim_times], args=[entry])
+        await self._lua_of(queue).call(FORGET_CLAIM, keys=[queue.claiming, queue.claim_times], args=[entry])
 
 
 def _layout_flags(stage: Stage) -> list[str]:

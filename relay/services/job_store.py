@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -17,8 +16,17 @@ from relay.core.codec import Record
 from relay.core.errors import FailedPrecondition, NotFound
 from relay.core.ids import new_job_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, KeyLayout
+from relay.core.lua import LuaScripts
+from relay.core.lua.jobs import (
+    ENQUEUE,
+    LEGACY_KEYS_OF_WORKSPACE,
+    NOW,
+    READ_RECORDS,
+    UPDATE_STATUS,
+    EnqueuedJob,
+    enqueue_call,
+)
 from relay.core.page_token import PageTokenCodec
-from relay.core.scripts import Scripts
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage, StageSetting
 from relay.core.stores import Stores
@@ -67,8 +75,8 @@ class JobStore:
         #: The new layout's store (and in the shared topology the legacy one's too).
         self._redis: Redis | RedisCluster = self._stores.new
         self._legacy: Redis = self._stores.legacy
-        self._scripts = Scripts.register(self._redis)
-        self._legacy_scripts = self._scripts if self._stores.shared else Scripts.register(self._legacy)
+        self._lua = LuaScripts(self._redis)
+        self._legacy_lua = self._lua if self._stores.shared else LuaScripts(self._legacy)
         self._split = (
             None if self._stores.shared else SplitWrites(self._stores, idempotency_ttl_seconds, keys)
         )
@@ -97,31 +105,10 @@ class JobStore:
             done = await self._split.execute(workspace_id, stage, actions, actor_id)
             self._metrics.dual_write.add(len(actions), {"layouts": layouts, "result": "ok"})
             return done.job_ids, done.queue_depth
-        k = self._keys
-        keys = [
-            k.job_index(workspace_id),
-            k.legacy_queue,
-            k.queue(workspace_id),
-            k.queue_seq(workspace_id),
-            k.ready,
-            k.ready_seq,
-        ]
-        args: list[Any] = [
-            "1" if stage.writes_legacy else "0",
-            "1" if stage.writes_new else "0",
-            self._ttl,
-            workspace_id,
-        ]
         enqueued_at = codec.now_iso()
+        jobs = []
         for action in actions:
             job_id = new_job_id()
-            crid = action.client_request_id or "-"
-            keys += [
-                k.idempotency(workspace_id, crid),
-                k.new_idempotency(workspace_id, crid),
-                k.legacy_job(job_id),
-                k.new_job(workspace_id, job_id),
-            ]
             record = codec.new_record(
                 job_id=job_id,
                 workspace_id=workspace_id,
@@ -131,14 +118,10 @@ class JobStore:
                 actor_id=actor_id,
                 enqueued_at=enqueued_at,
             )
-            flat = [item for pair in record.items() for item in pair]
-            args += [
-                job_id,
-                "1" if action.client_request_id else "0",
-                codec.index_member(job_id, enqueued_at),
-            ]
-            args.append(json.dumps(flat))
-        reply = await self._scripts.enqueue(keys=keys, args=args)
+            member = codec.index_member(job_id, enqueued_at)
+            jobs.append(EnqueuedJob(job_id, action.client_request_id, member, record))
+        keys, args = enqueue_call(self._keys, workspace_id, stage, self._ttl, jobs)
+        reply = await self._lua.call(ENQUEUE, keys=keys, args=args)
         self._metrics.dual_write.add(len(actions), {"layouts": layouts, "result": "ok"})
         return [v.decode() for v in reply[1:]], int(reply[0])
 
@@ -169,7 +152,8 @@ class JobStore:
 
             await self._split.update(workspace_id, job_id, stage, finish)
             return await self.get(workspace_id, job_id)
-        reply = await self._scripts.update_status(
+        reply = await self._lua.call(
+            UPDATE_STATUS,
             keys=[self._keys.legacy_job(job_id), self._keys.new_job(workspace_id, job_id)],
             args=[
                 workspace_id,
@@ -216,13 +200,15 @@ class JobStore:
         if self._stores.shared:
             # One atomic read of every copy involved.
             both = [key for pair in zip_longest(new_keys, legacy_keys) for key in pair if key is not None]
-            replies = await self._scripts.read_records(keys=both) if both else []
+            replies = await self._lua.call(READ_RECORDS, keys=both) if both else []
             step = 2 if new_keys and legacy_keys else 1
             new_replies = replies[0::step] if new_keys else []
             legacy_replies = replies[step - 1 :: step] if legacy_keys else []
         else:
-            new_replies = await self._scripts.read_records(keys=new_keys) if new_keys else []
-            legacy_replies = await self._legacy_scripts.read_records(keys=legacy_keys) if legacy_keys else []
+            new_replies = await self._lua.call(READ_RECORDS, keys=new_keys) if new_keys else []
+            legacy_replies = (
+                await self._legacy_lua.call(READ_RECORDS, keys=legacy_keys) if legacy_keys else []
+            )
         news, legacies = iter(new_replies), iter(legacy_replies)
         out: list[Record | None] = []
         paths: Counter[str] = Counter()
@@ -303,7 +289,7 @@ class JobStore:
         if not setting.stage.reads_legacy:
             return {"p": "index", "m": "", "t": 0, "l": 0}
         # The listing's start on the clock of the node that scores the workspace's late index.
-        began = int(await self._scripts.now(keys=[self._keys.job_index_late(workspace_id)]))
+        began = int(await self._lua.call(NOW, keys=[self._keys.job_index_late(workspace_id)]))
         indexed = await self._redis.exists(self._keys.legacy_indexed)
         return {"p": "index", "m": "", "t": began, "l": 0 if indexed else 1}
 
@@ -435,7 +421,7 @@ class JobStore:
         index, late = self._keys.job_index(workspace_id), self._keys.job_index_late(workspace_id)
         if not keys:
             return []
-        found = await self._legacy_scripts.legacy_keys_of_workspace(keys=keys, args=[workspace_id, status])
+        found = await self._legacy_lua.call(LEGACY_KEYS_OF_WORKSPACE, keys=keys, args=[workspace_id, status])
         if not found:
             return []
         mine = []

@@ -29,6 +29,7 @@ from relay.core.codec import Record
 from relay.core.errors import NotFound, Unavailable
 from relay.core.ids import is_job_id, is_workspace_id, new_job_id
 from relay.core.keys import KEYS, KeyLayout
+from relay.core.lua import LuaScripts
 from relay.core.lua.claims import MARK_READY
 from relay.core.lua.replicas import CATCH_UP, ENQUEUE_LAYOUT, PUT_RECORD, SETTLE_OUTBOX
 from relay.core.stages import Stage
@@ -60,14 +61,23 @@ def _flat(record: Record) -> list[str]:
 
 
 class _Half:
-    """One store's scripts."""
+    """One store and its scripts."""
 
     def __init__(self, redis: Redis | RedisCluster):
         self.redis = redis
-        self.enqueue = redis.register_script(ENQUEUE_LAYOUT)
-        self.put = redis.register_script(PUT_RECORD)
-        self.catch_up = redis.register_script(CATCH_UP)
-        self.settle = redis.register_script(SETTLE_OUTBOX)
+        self.lua = LuaScripts(redis)
+
+    async def enqueue(self, keys: list[str], args: list[Any]) -> Any:
+        return await self.lua.call(ENQUEUE_LAYOUT, keys=keys, args=args)
+
+    async def put(self, keys: list[str], args: list[Any]) -> Any:
+        return await self.lua.call(PUT_RECORD, keys=keys, args=args)
+
+    async def catch_up(self, keys: list[str], args: list[Any]) -> Any:
+        return await self.lua.call(CATCH_UP, keys=keys, args=args)
+
+    async def settle(self, keys: list[str], args: list[Any]) -> Any:
+        return await self.lua.call(SETTLE_OUTBOX, keys=keys, args=args)
 
 
 class SplitWrites:
@@ -75,7 +85,7 @@ class SplitWrites:
         self._stores = stores
         self._new = _Half(stores.new)
         self._legacy = _Half(stores.legacy)
-        self._mark_ready = stores.new.register_script(MARK_READY)
+        self._lua = self._new.lua
         self._ttl = idempotency_ttl_seconds
         self._keys = keys
 
@@ -123,7 +133,7 @@ class SplitWrites:
         if fresh:
             pushes_new = stage.writes_new
             if pushes_new:
-                await self._mark_ready(keys=[k.ready, k.ready_seq], args=[workspace_id, "1", 0])
+                await self._lua.call(MARK_READY, keys=[k.ready, k.ready_seq], args=[workspace_id, "1", 0])
             seq = 0
             if both and first_new:
                 await self._note_outbox(workspace_id)
@@ -146,7 +156,9 @@ class SplitWrites:
                     await self._settle_enqueued(first, workspace_id, stage, created)
             finally:
                 if pushes_new:
-                    await self._mark_ready(keys=[k.ready, k.ready_seq], args=[workspace_id, "0", seq])
+                    await self._lua.call(
+                        MARK_READY, keys=[k.ready, k.ready_seq], args=[workspace_id, "0", seq]
+                    )
         return Enqueued([ids[i] for i in range(len(planned))], depth)
 
     def _half(self, layout: str) -> _Half:
@@ -352,7 +364,7 @@ class SplitWrites:
             if owed.get("op") == "enqueue" and second == "new" and owed.get("push_new"):
                 # The first step of an Execute wrote only the legacy layout: write the new half, queue
                 # entry included, exactly as that Execute would have.
-                await self._mark_ready(keys=[k.ready, k.ready_seq], args=[workspace_id, "1", 0])
+                await self._lua.call(MARK_READY, keys=[k.ready, k.ready_seq], args=[workspace_id, "1", 0])
                 seq = 0
                 try:
                     reply = await self._enqueue_half(
@@ -360,7 +372,9 @@ class SplitWrites:
                     )
                     seq = int(reply[0])
                 finally:
-                    await self._mark_ready(keys=[k.ready, k.ready_seq], args=[workspace_id, "0", seq])
+                    await self._lua.call(
+                        MARK_READY, keys=[k.ready, k.ready_seq], args=[workspace_id, "0", seq]
+                    )
                 if reply[3] == b"0":  # the record was there already: bring it forwards instead
                     await self.catch_up("new", workspace_id, record, crid)
             else:

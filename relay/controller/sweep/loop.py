@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill_state import check_batch_size, check_rate_limit
-from relay.controller.lease import Lease
-from relay.controller.migration_facts import redis_now
-from relay.controller.operation import new_operation_id, take_operation_lease
-from relay.controller.redis_run import redis_run_id
-from relay.controller.throttle import TokenBucket
+from relay.controller.backfill.state import check_batch_size, check_rate_limit
+from relay.controller.common.lease import Lease
+from relay.controller.common.operation import new_operation_id, take_operation_lease
+from relay.controller.common.redis_run import redis_run_id
+from relay.controller.common.throttle import TokenBucket
+from relay.controller.stages.facts import redis_now
 from relay.core.errors import FailedPrecondition, InvalidArgument
 from relay.core.keys import KEYS, KeyLayout
 

@@ -13,7 +13,8 @@ import logging
 
 from redis.asyncio import Redis
 
-from relay.core.scripts import RELEASE_LEASE, RENEW_LEASE
+from relay.core.lua import LuaScripts
+from relay.core.lua.lease import RELEASE_LEASE, RENEW_LEASE
 
 log = logging.getLogger("relay.lease")
 
@@ -24,15 +25,16 @@ class Lease:
         self.key = key
         self.holder = holder
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._renew = redis.register_script(RENEW_LEASE)
-        self._release = redis.register_script(RELEASE_LEASE)
+        self._lua = LuaScripts(redis)
         self._task: asyncio.Task[None] | None = None
         self.lost = asyncio.Event()
 
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it (or this holder already does); start renewing it."""
         taken = await self._redis.set(self.key, self.holder, nx=True, px=self._ttl_ms)
-        if not taken and not await self._renew(keys=[self.key], args=[self.holder, self._ttl_ms]):
+        if not taken and not await self._lua.call(
+            RENEW_LEASE, keys=[self.key], args=[self.holder, self._ttl_ms]
+        ):
             return False
         self.lost.clear()
         self._task = asyncio.create_task(self._keep())
@@ -48,7 +50,7 @@ class Lease:
         while True:
             await asyncio.sleep(interval)
             try:
-                renewed = await self._renew(keys=[self.key], args=[self.holder, self._ttl_ms])
+                renewed = await self._lua.call(RENEW_LEASE, keys=[self.key], args=[self.holder, self._ttl_ms])
                 failures = 0
             except Exception as exc:  # Redis away for a moment: keep trying until the ttl runs out
                 failures += 1
@@ -68,4 +70,4 @@ class Lease:
                 await self._task
             self._task = None
         with contextlib.suppress(Exception):
-            await self._release(keys=[self.key], args=[self.holder])
+            await self._lua.call(RELEASE_LEASE, keys=[self.key], args=[self.holder])

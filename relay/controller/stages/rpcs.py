@@ -8,8 +8,8 @@ import logging
 import grpc
 
 from relay.controller.base import ControllerBase, stamp
-from relay.controller.stage_control import ScopeStage, StageControl
-from relay.controller.stage_rules import RuleLimits
+from relay.controller.stages.control import ScopeStage, StageControl
+from relay.controller.stages.rules import RuleLimits
 from relay.core.codec import parse_time
 from relay.core.config import Settings
 from relay.core.errors import InvalidArgument

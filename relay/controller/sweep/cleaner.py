@@ -26,16 +26,17 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from relay.controller.migration_facts import read_evidence, record_cleanup_completed, redis_now
-from relay.controller.operation import backfill_running, refuse_while_backfill_runs
-from relay.controller.stage_control import StageControl
-from relay.controller.stage_rules import Refusal, check_cleanup_allowed
-from relay.controller.sweep import Sweep, SweepRun
+from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
+from relay.controller.stages.control import StageControl
+from relay.controller.stages.facts import read_evidence, record_cleanup_completed, redis_now
+from relay.controller.stages.rules import Refusal, check_cleanup_allowed
+from relay.controller.sweep.loop import Sweep, SweepRun
 from relay.core.codec import DATA_FIELDS
 from relay.core.errors import FailedPrecondition
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import IDEMPOTENCY_PATTERN, IDEMPOTENCY_PREFIX, KEYS, LEGACY_JOB_PATTERN, KeyLayout
-from relay.core.scripts import CLEANUP_LEGACY_JOBS, DRAIN_LEGACY_QUEUE_HEAD
+from relay.core.lua import LuaScripts
+from relay.core.lua.sweep import CLEANUP_LEGACY_JOBS, DRAIN_LEGACY_QUEUE_HEAD
 from relay.core.stages import Stage
 
 #: Outcome of CLEANUP_LEGACY_JOBS -> the counter it adds to ("gone": deleted by someone else meanwhile).
@@ -58,8 +59,7 @@ class Cleaner(Sweep):
     def __init__(self, redis: Redis, stage_control: StageControl, keys: KeyLayout = KEYS):
         super().__init__(redis, keys)
         self._stages = stage_control
-        self._delete_jobs = redis.register_script(CLEANUP_LEGACY_JOBS)
-        self._drain_queue = redis.register_script(DRAIN_LEGACY_QUEUE_HEAD)
+        self._lua = LuaScripts(redis)
 
     @property
     def current_key(self) -> str:
@@ -132,7 +132,7 @@ class Cleaner(Sweep):
                     continue
                 args += [workspace_id, job_id]
             if script_keys:
-                for outcome in await self._delete_jobs(keys=script_keys, args=args):
+                for outcome in await self._lua.call(CLEANUP_LEGACY_JOBS, keys=script_keys, args=args):
                     counter = JOB_OUTCOMES.get(outcome.decode())
                     if counter:
                         setattr(run, counter, getattr(run, counter) + 1)
@@ -161,7 +161,7 @@ class Cleaner(Sweep):
             valid = is_workspace_id(workspace_id) and is_job_id(job_id)
             keys += [legacy, self._keys.new_job(workspace_id, job_id) if valid else legacy]
             args += [job_id, workspace_id, "1" if valid else "0"]
-        removed, why = await self._drain_queue(keys=keys, args=args)
+        removed, why = await self._lua.call(DRAIN_LEGACY_QUEUE_HEAD, keys=keys, args=args)
         run.queue_entries_removed += int(removed)
         run.queue_offset = start + int(removed)
         why = why.decode()

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from relay.controller.migration_facts import read_evidence, redis_now
-from relay.controller.stage_rules import (
+from relay.controller.stages.facts import read_evidence, redis_now
+from relay.controller.stages.rules import (
     Evidence,
     RuleLimits,
     StageHistory,

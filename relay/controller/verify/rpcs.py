@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from relay.controller.base import ControllerBase, stamp
-from relay.controller.verifier import VerificationRun, Verifier
+from relay.controller.verify.verifier import VerificationRun, Verifier
 from relay.core.errors import NotFound
 from relay.core.ids import check_workspace_id
 from relay.core.rpc_errors import rpc_method

@@ -15,7 +15,7 @@ import uuid
 
 from redis.asyncio import Redis
 
-from relay.controller.lease import Lease
+from relay.controller.common.lease import Lease
 from relay.core.errors import FailedPrecondition
 from relay.core.keys import KEYS
 

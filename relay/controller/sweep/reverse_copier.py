@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from relay.controller.migration_facts import record_reverse_copy_completed
-from relay.controller.operation import backfill_running, refuse_while_backfill_runs
-from relay.controller.sweep import Sweep, SweepRun
+from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
+from relay.controller.stages.facts import record_reverse_copy_completed
+from relay.controller.sweep.loop import Sweep, SweepRun
 from relay.core.codec import DATA_FIELDS
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, NEW_JOB_PATTERN, KeyLayout
-from relay.core.scripts import REVERSE_COPY
+from relay.core.lua import LuaScripts
+from relay.core.lua.sweep import REVERSE_COPY
 
 OUTCOMES = {
     "copied": "done",
@@ -36,7 +37,7 @@ class ReverseCopier(Sweep):
 
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
         super().__init__(redis, keys)
-        self._copy = redis.register_script(REVERSE_COPY)
+        self._lua = LuaScripts(redis)
 
     @property
     def current_key(self) -> str:
@@ -75,7 +76,7 @@ class ReverseCopier(Sweep):
             script_keys += [name, self._keys.legacy_job(job_id)]
             args += [workspace_id, job_id]
         if script_keys:
-            for outcome in await self._copy(keys=script_keys, args=args):
+            for outcome in await self._lua.call(REVERSE_COPY, keys=script_keys, args=args):
                 counter = OUTCOMES.get(outcome.decode())
                 if counter:
                     setattr(run, counter, getattr(run, counter) + 1)

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from relay.controller.backfill_engine import BackfillEngine
-from relay.controller.backfill_state import (
+from relay.controller.backfill.engine import BackfillEngine
+from relay.controller.backfill.state import (
     BackfillOptions,
     check_backfill_id,
     check_batch_size,

@@ -22,10 +22,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from relay.controller.stage_rules import Evidence, Fact
+from relay.controller.stages.rules import Evidence, Fact
 from relay.core.codec import parse_time
 from relay.core.keys import KEYS
-from relay.core.scripts import SET_FACTS
+from relay.core.lua import LuaScripts
+from relay.core.lua.facts import SET_FACTS
 
 ALL = "*"
 
@@ -52,7 +53,7 @@ async def _record(redis: Redis, facts: Mapping[str, dict[str, Any]]) -> None:
     for field, value in facts.items():
         args += [field, json.dumps(value)]
     if args:
-        await redis.register_script(SET_FACTS)(keys=[KEYS.migration_facts], args=args)
+        await LuaScripts(redis).call(SET_FACTS, keys=[KEYS.migration_facts], args=args)
 
 
 async def record_backfill_completed(

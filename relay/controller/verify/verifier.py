@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass, field
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill_state import check_batch_size, check_rate_limit
-from relay.controller.migration_facts import record_verification, redis_now
-from relay.controller.operation import new_operation_id, take_operation_lease
-from relay.controller.redis_run import redis_run_id
-from relay.controller.throttle import TokenBucket
+from relay.controller.backfill.state import check_batch_size, check_rate_limit
+from relay.controller.common.operation import new_operation_id, take_operation_lease
+from relay.controller.common.redis_run import redis_run_id
+from relay.controller.common.throttle import TokenBucket
+from relay.controller.stages.facts import record_verification, redis_now
 from relay.core import codec
 from relay.core.codec import Record
 from relay.core.errors import FailedPrecondition, InvalidArgument

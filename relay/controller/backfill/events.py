@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from google.protobuf import timestamp_pb2
 
-from relay.controller.backfill_state import (
+from relay.controller.backfill.state import (
     CANCELLED,
     COMPLETED,
     FAILED,

@@ -10,20 +10,18 @@ refuses any write from them.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
 
-from relay.controller.backfill_state import COUNT_FIELDS, INVALID_IDS_KEPT
-from relay.controller.redis_run import ask_run_id, run_id_of
+from relay.controller.backfill.state import COUNT_FIELDS, INVALID_IDS_KEPT
+from relay.controller.common.redis_run import ask_run_id, run_id_of
 from relay.core import codec
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, LEGACY_JOB_PREFIX, KeyLayout
-from relay.core.scripts import COPY_BATCH, READ_BATCH
+from relay.core.lua import LuaScripts
+from relay.core.lua.backfill import COPY_BATCH, READ_BATCH
 
 COPY = "c"  # a legacy record that can be placed: its new key and index entry are known
 INVALID = "i"  # not a hash, no valid workspace_id, or a job id that cannot be part of a key
@@ -78,38 +76,12 @@ class CopyReply:
     batch_size_now: int | None = None
 
 
-class ReadOnlyScripts:
-    """EVALSHA_RO, so Redis refuses any write; plain EVALSHA on an embedded store that lacks it."""
-
-    def __init__(self, redis: Redis):
-        self._redis = redis
-        self._supported = True
-
-    async def _read_only(
-        self, script: str, sha: str, keys: list[str | bytes], args: list[str | bytes]
-    ) -> list[Any]:
-        if self._supported:
-            try:
-                try:
-                    return await self._redis.evalsha_ro(sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    return await self._redis.eval_ro(script, len(keys), *keys, *args)
-            except ResponseError as exc:
-                if "unknown command" not in str(exc).lower():
-                    raise
-                self._supported = False  # the scripts run read-only write nothing anyway
-        try:
-            return await self._redis.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await self._redis.eval(script, len(keys), *keys, *args)
-
-
-class BatchReader(ReadOnlyScripts):
+class BatchReader:
     def __init__(self, redis: Redis, workspace_filter: str = "", keys: KeyLayout = KEYS):
-        super().__init__(redis)
+        self._redis = redis
+        self._lua = LuaScripts(redis)
         self._filter = workspace_filter
         self._keys = keys
-        self._read_sha = _sha(READ_BATCH)
         self._workspaces: dict[bytes, str | None] = {}
 
     async def read(self, cursor: str, count: int, skip: frozenset[bytes], limit: int | None) -> Batch:
@@ -164,7 +136,7 @@ class BatchReader(ReadOnlyScripts):
         if not keys:
             batch.limit_reached = limit is not None and limit <= 0
             return
-        reply = await self._read_only(READ_BATCH, self._read_sha, list(keys), [])
+        reply = await self._lua.call_ro(READ_BATCH, list(keys))
         for n, key in enumerate(keys):
             if limit is not None and len(batch.items) >= limit:
                 batch.cut = True
@@ -206,14 +178,12 @@ class BatchReader(ReadOnlyScripts):
         return self._workspaces[raw]
 
 
-class BatchCopier(ReadOnlyScripts):
+class BatchCopier:
     """Calls ``COPY_BATCH`` for one batch: executing (with the checkpoint) or as a read-only dry run."""
 
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
-        super().__init__(redis)
+        self._lua = LuaScripts(redis)
         self._keys = keys
-        self._script = redis.register_script(COPY_BATCH)
-        self._sha = _sha(COPY_BATCH)
 
     def _arguments(
         self,
@@ -263,14 +233,14 @@ class BatchCopier(ReadOnlyScripts):
         self, batch: Batch, backfill_id: str, token: str, batches_before: int, checkpoint: dict[str, str]
     ) -> CopyReply:
         keys, args = self._arguments(batch, backfill_id, False, token, batches_before, checkpoint)
-        return _parse(await self._script(keys=keys, args=args), executing=True)
+        return _parse(await self._lua.call(COPY_BATCH, keys, args), executing=True)
 
     async def decide(self, batch: Batch, backfill_id: str) -> CopyReply:
         """What ``copy`` would do, read-only."""
         if not batch.items:
             return CopyReply("OK")
         keys, args = self._arguments(batch, backfill_id, True, "", 0, {})
-        return _parse(await self._read_only(COPY_BATCH, self._sha, keys, args), executing=False)
+        return _parse(await self._lua.call_ro(COPY_BATCH, keys, args), executing=False)
 
 
 def _grouped(items: list[Item]) -> list[Item]:
@@ -284,10 +254,6 @@ def _grouped(items: list[Item]) -> list[Item]:
         else:
             others.append(item)
     return [item for group in groups.values() for item in group] + others
-
-
-def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def _mark(value: bytes | None) -> bytes:

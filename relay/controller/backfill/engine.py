@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill_events import EventHub, Subscription, follow_redis, snapshot_event
-from relay.controller.backfill_runner import BackfillRunner
-from relay.controller.backfill_state import (
+from relay.controller.backfill.events import EventHub, Subscription, follow_redis, snapshot_event
+from relay.controller.backfill.runner import BackfillRunner
+from relay.controller.backfill.state import (
     COMPLETED,
     FAILED,
     FINISHED,
@@ -52,9 +52,9 @@ from relay.controller.backfill_state import (
     BackfillRecord,
     new_backfill_id,
 )
-from relay.controller.backfill_store import BackfillStore, backfill_of_holder, lease_holder
-from relay.controller.lease import Lease
-from relay.controller.redis_run import redis_run_id
+from relay.controller.backfill.store import BackfillStore, backfill_of_holder, lease_holder
+from relay.controller.common.lease import Lease
+from relay.controller.common.redis_run import redis_run_id
 from relay.core.config import Settings
 from relay.core.errors import FailedPrecondition, NotFound, Unavailable
 from relay.core.keys import KEYS, KeyLayout

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from relay.controller.base import ControllerBase, stamp
-from relay.controller.cleaner import Cleaner
-from relay.controller.reverse_copier import ReverseCopier
-from relay.controller.stage_control import StageControl
-from relay.controller.stage_rpcs import rule_limits
-from relay.controller.sweep import Sweep, SweepRun
+from relay.controller.stages.control import StageControl
+from relay.controller.stages.rpcs import rule_limits
+from relay.controller.sweep.cleaner import Cleaner
+from relay.controller.sweep.loop import Sweep, SweepRun
+from relay.controller.sweep.reverse_copier import ReverseCopier
 from relay.core.ids import check_workspace_id
 from relay.core.rpc_errors import rpc_method
 from relay.v1 import cleanup_pb2 as pb

@@ -1,6 +1,6 @@
 """Backfill state in Redis: create, load, and the guarded writes every controller process may make.
 
-Writes that could race go through Lua scripts (``relay.core.scripts``): creation only under the backfill
+Writes that could race go through Lua scripts (``relay.core.lua.backfill``): creation only under the backfill
 lease, a runner's writes only while the state still carries its fencing token, an operator's request
 (pause, resume, cancel, rate or batch change) asked of the owner through the ``control`` field when the
 lease says someone runs it, and applied directly when nobody does.
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill_state import BackfillRecord
+from relay.controller.backfill.state import BackfillRecord
 from relay.core import codec
 from relay.core.keys import KEYS, KeyLayout
-from relay.core.scripts import (
+from relay.core.lua import LuaScripts
+from relay.core.lua.backfill import (
     BACKFILL_CONTROL,
     BACKFILL_CREATE,
     BACKFILL_RESCAN,
@@ -38,11 +39,7 @@ class BackfillStore:
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
         self.redis = redis
         self.keys = keys
-        self._create = redis.register_script(BACKFILL_CREATE)
-        self._write = redis.register_script(BACKFILL_WRITE)
-        self._control = redis.register_script(BACKFILL_CONTROL)
-        self._take_over = redis.register_script(BACKFILL_TAKE_OVER)
-        self._rescan = redis.register_script(BACKFILL_RESCAN)
+        self._lua = LuaScripts(redis)
 
     # --- reads -------------------------------------------------------------------------------
     async def load(self, backfill_id: str) -> BackfillRecord | None:
@@ -81,7 +78,8 @@ class BackfillStore:
     async def create(self, record: BackfillRecord, holder: str) -> bool:
         k = self.keys
         flat = [item for pair in record.to_hash().items() for item in pair]
-        done = await self._create(
+        done = await self._lua.call(
+            BACKFILL_CREATE,
             keys=[k.backfill_lease, k.backfill_current, k.backfill(record.backfill_id), k.backfill_history],
             args=[holder, record.backfill_id, HISTORY_LENGTH, *flat],
         )
@@ -91,8 +89,10 @@ class BackfillStore:
         """Set fields while ``token`` still owns the backfill (and, with ``indexed_by``, mark every legacy
         record indexed); False when another run owns it now."""
         flat = [item for pair in values.items() for item in pair]
-        done = await self._write(
-            keys=[self.keys.backfill(backfill_id), self.keys.legacy_indexed], args=[token, indexed_by, *flat]
+        done = await self._lua.call(
+            BACKFILL_WRITE,
+            keys=[self.keys.backfill(backfill_id), self.keys.legacy_indexed],
+            args=[token, indexed_by, *flat],
         )
         return bool(done)
 
@@ -104,7 +104,8 @@ class BackfillStore:
         (also when already done for that run)."""
         flat = [item for pair in values.items() for item in pair]
         k = self.keys
-        done = await self._rescan(
+        done = await self._lua.call(
+            BACKFILL_RESCAN,
             keys=[k.backfill(backfill_id), k.backfill_invalid(backfill_id)],
             args=[token, str(batches_before), run_id, *flat],
         )
@@ -119,7 +120,8 @@ class BackfillStore:
         batch: int | None = None,
     ) -> tuple[str, str]:
         """(outcome, state): MISSING, FINISHED, ASKED (the owner will obey), DONE, OWNED or TAKE_OVER."""
-        reply = await self._control(
+        reply = await self._lua.call(
+            BACKFILL_CONTROL,
             keys=[self.keys.backfill(backfill_id), self.keys.backfill_lease],
             args=[
                 backfill_id,
@@ -137,7 +139,8 @@ class BackfillStore:
     ) -> tuple[str, str]:
         """('OK', previous state) when this controller now runs it; else the refusal."""
         k = self.keys
-        reply = await self._take_over(
+        reply = await self._lua.call(
+            BACKFILL_TAKE_OVER,
             keys=[k.backfill(backfill_id), k.backfill_lease, k.backfill_current],
             args=[holder, backfill_id, token, owner, codec.now_iso(), reason, *allowed],
         )

@@ -38,9 +38,9 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill_batch import Batch, BatchCopier, BatchReader, CopyReply
-from relay.controller.backfill_events import EventHub, make_event
-from relay.controller.backfill_state import (
+from relay.controller.backfill.batch import Batch, BatchCopier, BatchReader, CopyReply
+from relay.controller.backfill.events import EventHub, make_event
+from relay.controller.backfill.state import (
     CANCELLED,
     COMPLETED,
     COUNT_FIELDS,
@@ -55,10 +55,10 @@ from relay.controller.backfill_state import (
     scan_fraction,
     scan_position,
 )
-from relay.controller.backfill_store import BackfillStore
-from relay.controller.lease import Lease
-from relay.controller.migration_facts import record_backfill_completed
-from relay.controller.throttle import LatencyBrake, TokenBucket
+from relay.controller.backfill.store import BackfillStore
+from relay.controller.common.lease import Lease
+from relay.controller.common.throttle import LatencyBrake, TokenBucket
+from relay.controller.stages.facts import record_backfill_completed
 from relay.core import codec
 from relay.core.config import Settings
 from relay.core.keys import KEYS, KeyLayout
@@ -626,7 +626,7 @@ class BackfillRunner:
         else:
             reason = f"scanned every legacy key{scope}"
         # The whole scope was scanned and every record placed: the stage rules may rely on it, and after a
-        # scan of every workspace JobService may stop listing legacy keys (see backfill_engine).
+        # scan of every workspace JobService may stop listing legacy keys (see backfill.engine).
         complete = not self.dry and rec.covers_scope and not rec.max_keys_reached and rec.counts.errors == 0
         indexed = complete and not options.workspace_id
         if indexed:

@@ -3,7 +3,7 @@
 A *scope* is the global default or one workspace's override. Its :class:`StageHistory` says when it
 entered its stage, since when it has written the new layout, and when it stopped and resumed writing the
 legacy layout. The :class:`Evidence` is the completed operations that cover the scope (a backfill,
-a verification, a reverse copy, a cleanup; see ``relay.controller.migration_facts``).
+a verification, a reverse copy, a cleanup; see ``relay.controller.stages.facts``).
 
 Every operation counts only if it *started* at least ``settle_seconds`` after the change it depends
 on, so that every JobService replica had seen that change before the operation looked at a key. The

@@ -1,0 +1,80 @@
+"""The one place Lua scripts are registered on a Redis client and called.
+
+``call`` is EVALSHA, loading the script again when Redis lost it (a restart); ``call_ro`` is EVALSHA_RO, so
+Redis itself refuses any write, falling back to plain EVALSHA on an embedded store that lacks the
+command (a script meant to run read-only writes nothing anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
+
+from relay.core.lua import backfill, claims, facts, jobs, lease, replicas, sweep
+
+Arg = str | bytes | int | float
+
+#: Every script Relay runs, by family.
+ALL_SCRIPTS: tuple[str, ...] = (
+    jobs.ENQUEUE,
+    jobs.UPDATE_STATUS,
+    jobs.CLAIM,
+    jobs.LEGACY_KEYS_OF_WORKSPACE,
+    jobs.READ_RECORDS,
+    jobs.NOW,
+    claims.ROTATE,
+    claims.TAKE,
+    claims.FORGET_CLAIM,
+    claims.DROP_READY,
+    claims.MARK_READY,
+    replicas.ENQUEUE_LAYOUT,
+    replicas.PUT_RECORD,
+    replicas.CATCH_UP,
+    replicas.SETTLE_OUTBOX,
+    lease.RENEW_LEASE,
+    lease.RELEASE_LEASE,
+    facts.SET_FACTS,
+    sweep.CLEANUP_LEGACY_JOBS,
+    sweep.DRAIN_LEGACY_QUEUE_HEAD,
+    sweep.REVERSE_COPY,
+    backfill.READ_BATCH,
+    backfill.COPY_BATCH,
+    backfill.BACKFILL_CREATE,
+    backfill.BACKFILL_WRITE,
+    backfill.BACKFILL_CONTROL,
+    backfill.BACKFILL_RESCAN,
+    backfill.BACKFILL_TAKE_OVER,
+)
+
+
+class LuaScripts:
+    """Every script of :data:`ALL_SCRIPTS`, registered on one client; call them by their text constant."""
+
+    def __init__(self, redis: Redis | RedisCluster):
+        self._redis = redis
+        self._scripts: dict[str, AsyncScript] = {text: redis.register_script(text) for text in ALL_SCRIPTS}
+        self._read_only_supported = True
+
+    async def call(self, script: str, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        return await self._scripts[script](keys=list(keys), args=list(args))
+
+    async def call_ro(self, script: str, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        sha = self._scripts[script].sha
+        if self._read_only_supported:
+            try:
+                try:
+                    return await self._redis.evalsha_ro(sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    return await self._redis.eval_ro(script, len(keys), *keys, *args)
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._read_only_supported = False
+        try:
+            return await self._redis.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._redis.eval(script, len(keys), *keys, *args)
