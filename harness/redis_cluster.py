@@ -44,6 +44,7 @@ class ClusterNode:
     port: int
     process: subprocess.Popen[bytes]
     workdir: Path
+    args: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -102,6 +103,27 @@ class RedisCluster:
         node.process.send_signal(signal.SIGKILL)
         node.process.wait(5)
 
+    def restart(self, node: ClusterNode) -> None:
+        """Start a killed node again on its port and config: it rejoins, as a replica of whoever took its
+        slots over."""
+        node.process = subprocess.Popen(node.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_ping(node)
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Until every primary has a replica in sync."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if all(
+                    int(p.client().info("replication").get("connected_slaves", 0)) > 0
+                    for p in self.primaries()
+                ):
+                    return
+            except sync_redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("a primary has no replica in sync")
+
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until every live node says the cluster is ok and every slot has a live primary."""
         deadline = time.monotonic() + timeout
@@ -158,7 +180,7 @@ def start_redis_cluster(primaries: int = 3, replicas: int = 1, node_timeout_ms: 
         # A replica that lost its primary takes over even when it has not heard from it for a while.
         args += ["--cluster-replica-validity-factor", "0"]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        nodes.append(ClusterNode(port, process, d))
+        nodes.append(ClusterNode(port, process, d, args))
     cluster = RedisCluster(nodes, workdir, node_timeout_ms)
     try:
         for node in nodes:

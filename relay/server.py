@@ -28,6 +28,7 @@ from relay.core.config import Settings
 from relay.core.malformed_requests import MalformedRequestInterceptor
 from relay.core.page_token import PageTokenCodec
 from relay.core.redis_observer import observe_redis
+from relay.core.replication import ReplicaWait
 from relay.core.rpc_observer import RpcObserver
 from relay.core.stage_store import StageView
 from relay.core.stores import Stores, TopologyError, open_stores
@@ -120,7 +121,14 @@ async def start(
     store: JobStore | None = None
     if role in ("all", "jobs"):
         tokens = await PageTokenCodec.shared(redis)
-        store = JobStore(stores, stages, tokens, metrics, settings.idempotency_ttl_seconds)
+        store = JobStore(
+            stores,
+            stages,
+            tokens,
+            metrics,
+            settings.idempotency_ttl_seconds,
+            replica_wait=ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
+        )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(store, keyring, settings), server)
         names.append(job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name)
     if role in ("all", "controller"):

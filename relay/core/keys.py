@@ -141,6 +141,11 @@ class KeyLayout:
     #: writing its entry, so a repairer always finds it).
     outbox_workspaces: str = GLOBAL_PREFIX + "outbox:workspaces"
 
+    @staticmethod
+    def replication_marker(workspace_id: str) -> str:
+        """Written right before WAIT on one connection (``relay.core.replication``)."""
+        return f"{RELAY_PREFIX}{_tag(workspace_id)}:replicated"
+
     # --- migration state ---------------------------------------------------------------------
     #: Hash: field ``*`` is the global default stage, other fields are workspace overrides (JSON).
     stage: str = GLOBAL_PREFIX + "stage"

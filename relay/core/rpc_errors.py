@@ -43,9 +43,25 @@ TRANSIENT_STORE_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,
     redis_errors.TryAgainError,
+    # A Redis Cluster between a primary's death and its replica's promotion.
+    redis_errors.ClusterDownError,
+    redis_errors.MasterDownError,
+    redis_errors.SlotNotCoveredError,
     ConnectionError,
     TimeoutError,
 )
+
+
+def _torn_down_connection(exc: BaseException) -> bool:
+    """redis-py's asyncio cluster client closes a dead node's connections while other calls are sending on
+    them, and such a call fails with an AttributeError inside redis-py's connection module: a transient
+    failure of the store, not a bug of ours."""
+    if not isinstance(exc, AttributeError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.endswith("redis/asyncio/connection.py")
 
 
 def status_code_of(error: errors.RelayError) -> grpc.StatusCode:
@@ -68,7 +84,7 @@ def classify(exc: BaseException) -> errors.RelayError | None:
     """The domain error an exception stands for, or None when it is a bug."""
     if isinstance(exc, errors.RelayError):
         return exc
-    if isinstance(exc, TRANSIENT_STORE_ERRORS):
+    if isinstance(exc, TRANSIENT_STORE_ERRORS) or _torn_down_connection(exc):
         return errors.Unavailable("the job store is unavailable, retry with backoff")
     if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN")):
         return errors.Unavailable("the job store is busy, retry with backoff")

@@ -27,6 +27,7 @@ from relay.core.lua.jobs import (
     enqueue_call,
 )
 from relay.core.page_token import PageTokenCodec
+from relay.core.replication import ReplicaWait
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage, StageSetting
 from relay.core.stores import Stores
@@ -70,7 +71,9 @@ class JobStore:
         idempotency_ttl_seconds: int = 24 * 3600,
         keys: KeyLayout = KEYS,
         claim_timeout_seconds: float = CLAIM_TIMEOUT_SECONDS,
+        replica_wait: ReplicaWait | None = None,
     ):
+        self._replica_wait = replica_wait or ReplicaWait(0, 0)
         self._stores = stores if isinstance(stores, Stores) else Stores.single(stores)
         #: The new layout's store (and in the shared topology the legacy one's too).
         self._redis: Redis | RedisCluster = self._stores.new
@@ -103,6 +106,7 @@ class JobStore:
         )
         if self._split is not None:
             done = await self._split.execute(workspace_id, stage, actions, actor_id)
+            await self._confirm(workspace_id, stage)
             self._metrics.dual_write.add(len(actions), {"layouts": layouts, "result": "ok"})
             return done.job_ids, done.queue_depth
         enqueued_at = codec.now_iso()
@@ -122,8 +126,18 @@ class JobStore:
             jobs.append(EnqueuedJob(job_id, action.client_request_id, member, record))
         keys, args = enqueue_call(self._keys, workspace_id, stage, self._ttl, jobs)
         reply = await self._lua.call(ENQUEUE, keys=keys, args=args)
+        await self._confirm(workspace_id, stage)
         self._metrics.dual_write.add(len(actions), {"layouts": layouts, "result": "ok"})
         return [v.decode() for v in reply[1:]], int(reply[0])
+
+    async def _confirm(self, workspace_id: str, stage: Stage) -> None:
+        """With RELAY_REDIS_WAIT_REPLICAS, wait until replicas of each store written have the writes."""
+        if not self._replica_wait.enabled:
+            return
+        if stage.writes_new or self._stores.shared:
+            await self._replica_wait.confirm(self._redis, workspace_id)
+        if stage.writes_legacy and not self._stores.shared:
+            await self._replica_wait.confirm(self._legacy, workspace_id)
 
     async def update_status(
         self, workspace_id: str, job_id: str, status: str, result_json: str | None, error: str | None
@@ -151,6 +165,7 @@ class JobStore:
                 return changes
 
             await self._split.update(workspace_id, job_id, stage, finish)
+            await self._confirm(workspace_id, stage)
             return await self.get(workspace_id, job_id)
         reply = await self._lua.call(
             UPDATE_STATUS,
@@ -174,12 +189,17 @@ class JobStore:
                 f"the job is already {reply[1].decode()}; a finished job cannot change status",
                 reason="JOB_FINISHED",
             )
+        await self._confirm(workspace_id, stage)
         return await self.get(workspace_id, job_id)
 
     async def claim(self) -> Record | None:
         """The head of the next workspace's queue (round robin, FIFO within each), now running; None when
         there is none. Each job goes to exactly one claimer (``relay.services.job_claims``)."""
-        return await self._claims.claim()
+        record = await self._claims.claim()
+        if record is not None:
+            workspace_id = record.get("workspace_id", "")
+            await self._confirm(workspace_id, self._stages.for_workspace(workspace_id).stage)
+        return record
 
     # --- reads -------------------------------------------------------------------------------
     async def get(self, workspace_id: str, job_id: str) -> Record:
