@@ -125,7 +125,7 @@ async def test_a_killed_primary_is_replaced_and_calls_resume(own_cluster, cluste
     if wait_replicas:
         own_cluster.restart(victim)
         await asyncio.to_thread(own_cluster.wait_replicated)
-    await _until(lambda: traffic.codes["OK"] >= before + 50, timeout=30)
+    await _until(lambda: traffic.codes["OK"] >= before + 50, within=30)
     recovered_after = time.monotonic() - killed_at
     traffic.stop.set()
     await asyncio.gather(*callers)
@@ -173,8 +173,8 @@ async def test_moving_a_busy_workspaces_slot_fails_no_call_and_loses_nothing(
     assert listed == len(traffic.acknowledged), "the index moved with the workspace"
 
 
-async def _until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _until(condition, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("the condition was not met in time")
