@@ -46,8 +46,9 @@ import grpc
 import redis as sync_redis
 from redis.asyncio import Redis as AsyncRedis
 
-from bench.redis_proc import RedisProcess, free_port, start_redis
 from bench.server_proc import ServerProcess
+from harness.ports import free_port
+from harness.redis_server import RedisServer, start_redis_server
 from relay.controller.backfill.batch import BatchCopier, BatchReader
 from relay.core import codec
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN
@@ -331,7 +332,7 @@ async def rate_accuracy(controller: Server, rates: list[float], keys: int) -> li
     return out
 
 
-async def redis_cost_per_key(redis: RedisProcess, batches: int = 25, batch: int = 1000) -> dict[str, float]:
+async def redis_cost_per_key(redis: RedisServer, batches: int = 25, batch: int = 1000) -> dict[str, float]:
     """Redis time per key of each copy's scripts (INFO commandstats, the least disturbed of ``batches``
     calls), on equal data in databases 1 and 2, alternating: what each copy costs Redis, whatever else
     runs on the machine."""
@@ -397,7 +398,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             ]
         )
     )
-    redis: RedisProcess = start_redis()
+    redis: RedisServer = start_redis_server(prefix="relay-bench-redis-")
     client = redis.client()
     servers: list[Server] = []
     hands: list[Run] = []

@@ -43,9 +43,10 @@ from typing import Any
 import grpc
 
 from bench import loadgen, workload
-from bench.redis_proc import RedisProcess, free_port, start_redis
 from bench.seed import seed_other_jobs
 from bench.server_proc import ServerProcess, relay_serve_argv, start_server
+from harness.ports import free_port
+from harness.redis_server import RedisServer, start_redis_server
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN
 from relay.services import job_store
 from relay.v1 import job_service_pb2 as pb
@@ -101,7 +102,7 @@ class Config:
 
 @dataclass
 class Stack:
-    redis: RedisProcess
+    redis: RedisServer
     real: ServerProcess
     noop: ServerProcess | None
     raw_keys: dict[str, str]
@@ -120,7 +121,7 @@ def running_stack(stage: str = "READ_NEW", with_noop: bool = True) -> Iterator[S
         raw_keys = {ws: "rk_bench_" + secrets.token_urlsafe(24) for ws in workload.WORKSPACES}
         key_file = workdir / "keys.json"
         key_file.write_text(json.dumps(workload.key_file_entries(raw_keys)))
-        redis = start_redis()
+        redis = start_redis_server(prefix="relay-bench-redis-")
         stack.callback(redis.stop)
 
         def env(port: int) -> dict[str, str]:
@@ -148,7 +149,7 @@ def running_stack(stage: str = "READ_NEW", with_noop: bool = True) -> Iterator[S
         yield Stack(redis, real, noop, raw_keys, workdir)
 
 
-def redis_commands(redis: RedisProcess) -> int:
+def redis_commands(redis: RedisServer) -> int:
     return int(redis.client().info("stats")["total_commands_processed"])
 
 
@@ -232,7 +233,7 @@ def page_walk(stack: Stack, start_token: str, pages: int) -> list[str]:
     return tokens
 
 
-def key_census(redis: RedisProcess) -> dict[str, int]:
+def key_census(redis: RedisServer) -> dict[str, int]:
     client = redis.client()
     legacy = sum(1 for _ in client.scan_iter(match=LEGACY_JOB_PATTERN, count=10_000))
     return {"total": int(client.dbsize()), "legacy": legacy}

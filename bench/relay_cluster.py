@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis as sync_redis
 
-from bench.redis_proc import RedisProcess, free_port, start_redis
 from bench.server_proc import ServerProcess, relay_serve_argv, wait_serving
+from harness.ports import free_port
+from harness.redis_server import RedisServer, start_redis_server
 
 JOB_SERVICE = "relay.v1.JobService"
 CONTROLLER_SERVICE = "relay.v1.MigrationController"
@@ -71,21 +70,20 @@ def bearer(key: str) -> tuple[tuple[str, str], ...]:
 class Cluster:
     workdir: Path
     keys: KeyBook
-    redis: RedisProcess
+    redis: RedisServer
     jobs_target: str
     controller_target: str
     env: dict[str, str]
     jobs: ServerProcess | None = None
     controller: ServerProcess | None = None
     controller_starts: int = 0
-    redis_args: list[str] = field(default_factory=list)
 
     # --- life cycle ------------------------------------------------------------------------------
     @classmethod
     def create(cls, workdir: Path, workspace_count: int, aof: bool) -> Cluster:
         workdir.mkdir(parents=True, exist_ok=True)
         extra = AOF_ARGS if aof else PLAIN_ARGS
-        redis = start_redis(extra)
+        redis = start_redis_server(extra, prefix="relay-bench-redis-")
         keys = KeyBook.make(workspace_count)
         key_file = workdir / "keys.json"
         key_file.write_text(json.dumps(keys.file_entries()))
@@ -105,22 +103,6 @@ class Cluster:
             f"127.0.0.1:{free_port()}",
             f"127.0.0.1:{free_port()}",
             env,
-            # redis-server rewrites its own /proc cmdline, so the command line is rebuilt as
-            # bench.redis_proc.start_redis wrote it.
-            redis_args=[
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(redis.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                redis.workdir,
-                *extra,
-            ],
         )
         return cluster
 
@@ -192,17 +174,4 @@ class Cluster:
 
     def start_redis_again(self, timeout: float = 30.0) -> float:
         """The same redis-server command line (port, directory, AOF); returns seconds until it answers."""
-        began = time.monotonic()
-        self.redis.process = subprocess.Popen(
-            self.redis_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        client = sync_redis.Redis(port=self.redis.port, socket_timeout=1)
-        while True:
-            try:
-                client.ping()
-                client.close()
-                return time.monotonic() - began
-            except (sync_redis.ConnectionError, sync_redis.TimeoutError, sync_redis.BusyLoadingError):
-                if self.redis.process.poll() is not None or time.monotonic() - began > timeout:
-                    raise RuntimeError("the private redis-server did not come back") from None
-                time.sleep(0.05)
+        return self.redis.start_again(timeout)

@@ -9,82 +9,40 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-import redis as sync_redis
 from redis.asyncio import Redis
 
+from harness.redis_server import DEBUG_COMMAND, RedisServer, RedisServerMissing
+from harness.redis_server import start_redis_server as harness_start_redis
 from relay import server
 from relay.core.config import Settings
 from relay.core.stages import Stage
 from relay.v1 import job_service_pb2_grpc, migration_controller_pb2_grpc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class RedisServer:
-    url: str
-    port: int
-    process: subprocess.Popen[bytes] | None
-    workdir: str
-
-
 def start_redis_server(extra: list[str] | None = None) -> RedisServer:
-    """A private redis-server on a free port (no persistence unless ``extra`` asks for it)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    """The suite's private redis-server (DEBUG allowed); the test is skipped where redis-server is missing."""
+    try:
+        return harness_start_redis([*DEBUG_COMMAND, *(extra or [])])
+    except RedisServerMissing:
         pytest.skip("redis-server is not installed")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="relay-redis-")
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--dir", workdir, "--enable-debug-command", "local", *(extra or [])]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = sync_redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except sync_redis.ConnectionError:
-            time.sleep(0.025)
-    else:
-        process.kill()
-        raise RuntimeError("private redis-server did not start")
-    return RedisServer(f"redis://127.0.0.1:{port}/0", port, process, workdir)
-
-
-def stop_redis_server(srv: RedisServer) -> None:
-    if srv.process is not None:
-        srv.process.terminate()
-        try:
-            srv.process.wait(5)
-        except subprocess.TimeoutExpired:
-            srv.process.kill()
-    shutil.rmtree(srv.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     url = os.environ.get("RELAY_TEST_REDIS_URL")
     if url:
-        yield RedisServer(url, 0, None, "")
+        yield RedisServer(0, None, "", url=url)
         return
     srv = start_redis_server()
     yield srv
-    stop_redis_server(srv)
+    srv.stop()
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ import sys
 
 from click.testing import CliRunner
 
+from harness.ports import free_port
 from relay.clients import cli_backfill
 from relay.clients.relayctl import cli
 from relay.core.keys import KEYS
 from relay.v1 import backfill_pb2 as bpb
 from tests.backfill_support import ROOT, seed_clean, seed_messy, wait_until
-from tests.conftest import free_port
 
 
 async def relayctl(relay, keys, *args: str, target: str | None = None):  # type: ignore[no-untyped-def]

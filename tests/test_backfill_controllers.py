@@ -9,6 +9,7 @@ import asyncio
 import grpc
 import pytest
 
+from harness.ports import free_port
 from relay.core.keys import KEYS
 from relay.v1 import backfill_pb2 as bpb
 from tests.backfill_support import (
@@ -19,7 +20,6 @@ from tests.backfill_support import (
     wait_serving,
     wait_until,
 )
-from tests.conftest import free_port
 
 FAST_TAKEOVER = {"backfill_lease_seconds": 1.0, "backfill_orphan_check_seconds": 0.3}
 

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,6 +15,7 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
+from harness.redis_server import RedisServer
 from relay import server
 from relay.core.config import Settings
 from relay.core.keys import KEYS
@@ -25,7 +23,7 @@ from relay.core.stages import Stage
 from relay.v1 import backfill_pb2 as bpb
 from relay.v1 import migration_controller_pb2_grpc
 from tests.backfill_support import WORKSPACES, counts_add_up, events_of, seed_clean, wait_until
-from tests.conftest import RedisServer, start_redis_server, stop_redis_server
+from tests.conftest import start_redis_server
 
 AOF = ["--appendonly", "yes", "--appendfsync", "always"]
 VALID, INVALID = 3000, 25
@@ -35,7 +33,7 @@ VALID, INVALID = 3000, 25
 async def aof_redis() -> AsyncIterator[RedisServer]:
     srv = start_redis_server(AOF)
     yield srv
-    stop_redis_server(srv)
+    srv.stop()
 
 
 def restart(srv: RedisServer) -> None:
@@ -44,17 +42,7 @@ def restart(srv: RedisServer) -> None:
     with sync_redis.Redis(port=srv.port) as client, contextlib.suppress(sync_redis.ConnectionError):
         client.shutdown()  # redis-py reads the dropped connection as the success it is
     srv.process.wait(10)
-    args = [shutil.which("redis-server") or "redis-server", "--port", str(srv.port), "--bind", "127.0.0.1"]
-    args += ["--save", "", "--dir", srv.workdir, "--enable-debug-command", "local", *AOF]
-    srv.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with sync_redis.Redis(port=srv.port) as client:
-        for _ in range(400):
-            try:
-                if client.ping():
-                    return
-            except sync_redis.ConnectionError:
-                time.sleep(0.025)
-    raise RuntimeError("redis-server did not come back")
+    srv.start_again()
 
 
 async def test_a_redis_restart_mid_scan_rescans_and_counts_every_key_once(aof_redis, keys_file):

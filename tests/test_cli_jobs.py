@@ -12,8 +12,8 @@ import json
 import pytest
 from click.testing import CliRunner, Result
 
+from harness.ports import free_port
 from relay.clients.relayctl import cli
-from tests.conftest import free_port
 from tests.job_testkit import write_legacy_job
 
 

@@ -18,12 +18,14 @@ import pytest
 from google.protobuf import struct_pb2
 from redis.asyncio import Redis
 
+from harness.ports import free_port
+from harness.redis_server import RedisServer
 from relay.core import logs
 from relay.core.stage_store import write_stage
 from relay.core.stages import Stage, StageSetting
 from relay.v1 import job_service_pb2 as pb
 from relay.v1 import job_service_pb2_grpc
-from tests.conftest import RedisServer, free_port, start_redis_server, stop_redis_server
+from tests.conftest import start_redis_server
 
 
 def format_one(msg: str, *args: object, extra: dict[str, object] | None = None) -> dict[str, object]:
@@ -83,7 +85,7 @@ def test_configure_installs_one_json_handler_on_the_root_logger():
 def own_redis() -> Iterator[RedisServer]:
     srv = start_redis_server()
     yield srv
-    stop_redis_server(srv)
+    srv.stop()
 
 
 def _struct(data: dict[str, object]) -> struct_pb2.Struct:
@@ -207,7 +209,7 @@ async def test_params_and_results_never_appear_in_the_logs_at_any_level(
                 grpc.StatusCode.INVALID_ARGUMENT,
             ]
             # The store goes away: the failure is logged as a warning, still without the request.
-            stop_redis_server(own_redis)
+            own_redis.stop()
             unavailable = await _code_of(jobs.Execute(pb.ExecuteRequest(actions=[action]), metadata=ws))
             assert unavailable == grpc.StatusCode.UNAVAILABLE
     finally:

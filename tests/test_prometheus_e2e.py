@@ -27,10 +27,11 @@ import grpc
 import pytest
 import redis as sync_redis
 
+from harness.ports import free_port
+from harness.redis_server import RedisServer
 from relay.core.keys import KEYS
 from relay.v1 import backfill_pb2 as bpb
 from relay.v1 import migration_controller_pb2_grpc
-from tests.conftest import RedisServer, free_port
 from tests.ops_tools import prometheus
 
 WS = "ws_prod"

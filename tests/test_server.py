@@ -16,9 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from redis.asyncio import Redis
 
+from harness.ports import free_port
 from relay.v1 import job_service_pb2 as pb
 from relay.v1 import job_service_pb2_grpc
-from tests.conftest import free_port
 
 
 def _popen_relay(env: dict[str, str], args: tuple[str, ...], port: int) -> subprocess.Popen[bytes]:

@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ResponseError
 
+from harness.ports import free_port
 from relay.core.config import Settings
 from relay.core.keys import KEYS
 from relay.core.stage_store import write_stage
@@ -28,7 +29,7 @@ from relay.core.telemetry import (
     serve_metrics,
 )
 from relay.v1 import job_service_pb2 as pb
-from tests.conftest import Keys, StartRelay, free_port
+from tests.conftest import Keys, StartRelay
 
 
 def scrape(metrics: Metrics) -> str:

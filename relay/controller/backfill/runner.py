@@ -32,7 +32,6 @@ import functools
 import json
 import logging
 import time
-from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -40,6 +39,7 @@ from redis.asyncio import Redis
 
 from relay.controller.backfill.batch import Batch, BatchCopier, BatchReader, CopyReply
 from relay.controller.backfill.events import EventHub, make_event
+from relay.controller.backfill.pacing import Pacing
 from relay.controller.backfill.state import (
     CANCELLED,
     COMPLETED,
@@ -49,15 +49,13 @@ from relay.controller.backfill.state import (
     ORPHANED,
     PAUSED,
     RUNNING,
-    SKIP_REASON_OF_OUTCOME,
     BackfillRecord,
     Counts,
-    scan_fraction,
     scan_position,
 )
 from relay.controller.backfill.store import BackfillStore
+from relay.controller.backfill.tallies import OutcomeTally
 from relay.controller.common.lease import Lease
-from relay.controller.common.throttle import LatencyBrake, TokenBucket
 from relay.controller.stages.facts import record_backfill_completed
 from relay.core import codec
 from relay.core.config import Settings
@@ -73,20 +71,14 @@ T = TypeVar("T")
 STALE_RETRIES = 5
 #: How long a batch keeps being retried while Redis is unreachable before the backfill fails.
 TRANSIENT_RETRY_SECONDS = 30.0
-PROBE_EVERY_SECONDS = 0.1
 PROGRESS_MIN_SECONDS = 0.5
 PROGRESS_MAX_SECONDS = 1.0
 PROGRESS_MAX_KEYS = 5000
-RATE_WINDOW_SECONDS = 5.0
 PAUSE_POLL_SECONDS = 0.25
-THROTTLED_EVENT_MIN_SECONDS = 2.0
-#: Under a rate limit a batch holds at most this many seconds of keys, so the rate holds smoothly.
-BATCH_SECONDS = 0.1
 #: A SCAN step asks for at most this many times the batch size, when few keys match.
 MAX_SCAN_FACTOR = 20
 #: Batches scanned and read ahead of the one being copied.
 READ_AHEAD = 2
-METRICS_EVERY_SECONDS = 1.0
 
 
 class Fenced(Exception):
@@ -125,21 +117,13 @@ class BackfillRunner:
         self._first = first
         self._reader = BatchReader(redis, record.options.workspace_id, keys)
         self._copier = BatchCopier(redis, keys)
-        self._brake = LatencyBrake(settings.backfill_latency_ceiling_seconds)
-        self._bucket = TokenBucket(0)
+        self._pacing = Pacing(record, redis, settings.backfill_latency_ceiling_seconds)
         self._wake = asyncio.Event()
         self._stopping = False
-        self._rates: deque[tuple[float, int]] = deque()
         self._last_progress = 0.0
         self._keys_since_progress = 0
-        self._last_probe = 0.0
-        self._last_latency = 0.0
-        self._last_throttled = 0.0
-        self._unthrottled_base = 0.0
         self._match_ratio = 1.0
-        self._tally: Counter[tuple[str, str]] = Counter()
-        self._tallied = time.monotonic()
-        self._start_fraction = scan_fraction(record.start_cursor)
+        self._tally = OutcomeTally(metrics)
         self._skip = frozenset(k.encode("utf-8", "surrogateescape") for k in record.skip_keys)
         self._ahead: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
         self._reader_task: asyncio.Task[None] | None = None
@@ -160,7 +144,7 @@ class BackfillRunner:
             self.record.rate_limit_now = rate
         if batch is not None:
             self.record.batch_size_now = batch
-        self._apply_rate()
+        self._pacing.apply_rate()
         self._wake.set()
 
     async def stop(self, grace_seconds: float) -> None:
@@ -197,7 +181,7 @@ class BackfillRunner:
             log.exception("backfill failed", extra={"backfill_id": self.record.backfill_id})
             await self._end(FAILED, f"{type(exc).__name__}: {exc}"[:500])
         finally:
-            self._flush_metrics()
+            self._tally.flush()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -207,7 +191,7 @@ class BackfillRunner:
 
     async def _loop(self) -> None:
         rec = self.record
-        self._apply_rate()
+        self._pacing.apply_rate()
         if not rec.scan_done:
             self._ahead = asyncio.Queue(maxsize=READ_AHEAD)
             self._reader_task = asyncio.create_task(self._read_ahead(self._ahead))
@@ -221,7 +205,7 @@ class BackfillRunner:
                         held = None
                         if batch is None:
                             continue
-                        await self._bucket.take(batch.examined)
+                        await self._pacing.bucket.take(batch.examined)
                         sending = self._send(batch, rec.batches, rec.counts.scanned)
                     batch, reply, seconds = await sending
                     sending = None
@@ -261,7 +245,7 @@ class BackfillRunner:
         """Nothing asks the loop to stop between these two batches, and no rate limit spaces them."""
         control = self.record.control or ("" if self.dry else reply.control)
         lost = self._lease is not None and self._lease.lost.is_set()
-        return not (self._stopping or lost or control or self._effective_rate() > 0)
+        return not (self._stopping or lost or control or self._pacing.effective_rate() > 0)
 
     async def _next_batch(self, held: Batch | BaseException | None) -> Batch | None:
         """The next batch read ahead; None when the scan had to begin again (Redis restarted)."""
@@ -333,9 +317,8 @@ class BackfillRunner:
         rec.migrated_earlier += rec.counts.migrated
         rec.counts = Counts()
         rec.invalid_ids = []
-        self._start_fraction = 0.0
         self._skip = frozenset()
-        self._rates.clear()
+        self._pacing.restart(from_start=True)
         self._publish(pb.BACKFILL_EVENT_KIND_THROTTLED, reason)
 
     async def _read_ahead(self, out: asyncio.Queue[Batch | BaseException]) -> None:
@@ -358,7 +341,7 @@ class BackfillRunner:
     async def _read(self, cursor: str, scanned_before: int, skip: frozenset[bytes] | None) -> Batch:
         max_keys = self.record.options.max_keys
         limit = max(0, max_keys - scanned_before) if max_keys else None
-        size = self._batch_size()
+        size = self._pacing.batch_size()
         count = max(1, min(int(size / self._match_ratio), size * MAX_SCAN_FACTOR))
         if limit is not None:
             count = max(1, min(count, int(limit / self._match_ratio) + 1))
@@ -425,8 +408,8 @@ class BackfillRunner:
         fields = {
             "cursor": batch.cursor_to,
             "update_time": codec.now_iso(),
-            "rate": repr(self._rate_with(scanned_after)),
-            "total_estimate": str(self._estimate(batch.cursor_to, scanned_after)),
+            "rate": repr(self._pacing.rate_with(scanned_after)),
+            "total_estimate": str(self._pacing.estimate(batch.cursor_to, scanned_after)),
         }
         if batch.last:
             fields["scan_done"] = "1"
@@ -451,18 +434,15 @@ class BackfillRunner:
                 rec.control = reply.control
             if reply.rate_limit_now is not None and reply.rate_limit_now != rec.rate_limit_now:
                 rec.rate_limit_now = reply.rate_limit_now
-                self._apply_rate()
+                self._pacing.apply_rate()
             if reply.batch_size_now:
                 rec.batch_size_now = reply.batch_size_now
         for item, outcome in zip(batch.items, reply.outcomes, strict=False):
             if outcome == "i" and len(rec.invalid_ids) < INVALID_IDS_KEPT:
                 rec.invalid_ids.append(item.job_id)
-        now = time.monotonic()
-        self._rates.append((now, rec.counts.scanned))
-        while len(self._rates) > 2 and now - self._rates[0][0] > RATE_WINDOW_SECONDS:
-            self._rates.popleft()
-        rec.rate = self._rate_with(rec.counts.scanned)
-        rec.total_estimate = self._estimate(batch.cursor_to, rec.counts.scanned)
+        self._pacing.observe(rec.counts.scanned)
+        rec.rate = self._pacing.rate_with(rec.counts.scanned)
+        rec.total_estimate = self._pacing.estimate(batch.cursor_to, rec.counts.scanned)
         if batch.last:
             rec.scan_done = True
             stop = self._stop_point(batch)
@@ -471,99 +451,13 @@ class BackfillRunner:
                 rec.resume_cursor, rec.resume_skip, rec.resume_skip_until = stop
         self._keys_since_progress += batch.examined
         if not self.dry and reply.outcomes:
-            self._count_metrics(batch, reply.outcomes, seconds)
-
-    def _count_metrics(self, batch: Batch, outcomes: str, seconds: float) -> None:
-        """Tally a batch's outcomes by workspace label; the counters get them at most once a second (an
-        OpenTelemetry ``add`` costs as much as copying a few keys, and scrapes are seconds apart)."""
-        m = self._metrics
-        labels: dict[str, str] = {}
-        for item, outcome in zip(batch.items, outcomes, strict=True):
-            label = labels.get(item.workspace_id)
-            if label is None:
-                label = labels[item.workspace_id] = m.ws(item.workspace_id)
-            self._tally[(label, outcome)] += 1
-        m.backfill_duration.record(seconds)
-        if time.monotonic() - self._tallied >= METRICS_EVERY_SECONDS:
-            self._flush_metrics()
-
-    def _flush_metrics(self) -> None:
-        m = self._metrics
-        for (label, outcome), n in self._tally.items():
-            ws = {"workspace_id": label}
-            m.backfill_scanned.add(n, ws)
-            if outcome == "m":
-                m.backfill_migrated.add(n, ws)
-            elif outcome == "x":
-                m.backfill_errors.add(n, ws)
-            else:
-                m.backfill_skipped.add(n, {**ws, "reason": SKIP_REASON_OF_OUTCOME[outcome]})
-        self._tally.clear()
-        self._tallied = time.monotonic()
-
-    # --- rate, estimate, latency brake -------------------------------------------------------
-    def _rate_with(self, scanned: int) -> float:
-        if not self._rates:
-            return self.record.rate
-        t0, s0 = self._rates[0]
-        span = time.monotonic() - t0
-        return (scanned - s0) / span if span >= 0.2 else self.record.rate
-
-    def _estimate(self, cursor: str, scanned: int) -> int:
-        """Legacy keys to scan in all, extrapolated from the share of the keyspace covered so far."""
-        covered = (1.0 if cursor == "0" else scan_fraction(cursor)) - self._start_fraction
-        if covered >= 0.002:
-            return int(scanned * (1.0 - self._start_fraction) / covered)
-        return max(self.record.total_estimate, scanned)
-
-    def _effective_rate(self) -> float:
-        rate = self.record.rate_limit_now
-        if self._brake.factor < 1.0:
-            rate = (rate or self._unthrottled_base or 1000.0) * self._brake.factor
-        return rate
-
-    def _batch_size(self) -> int:
-        size = self.record.batch_size_now
-        rate = self._effective_rate()
-        if rate > 0:
-            size = min(size, max(1, int(rate * BATCH_SECONDS)))
-        return size
-
-    def _apply_rate(self) -> None:
-        rate = self._effective_rate()
-        if rate != self._bucket.rate:
-            self._bucket.set_rate(rate)
+            self._tally.count(batch, reply.outcomes, seconds)
 
     async def _probe(self) -> None:
-        """Time a PING between batches; above the ceiling, slow down and say so."""
-        now = time.monotonic()
-        if self._brake.ceiling <= 0 or now - self._last_probe < PROBE_EVERY_SECONDS:
+        reason = await self._pacing.probe()
+        if reason is None:
             return
-        self._last_probe = now
-        try:
-            await self._redis.ping()
-        except TRANSIENT_STORE_ERRORS:
-            return  # the next batch retries, or fails, on its own
-        latency = time.monotonic() - now
-        # Two probes in a row must be slow: one slow answer is as often this process waiting for a CPU.
-        sustained = min(latency, self._last_latency)
-        self._last_latency = latency
-        before = self._brake.factor
-        tightened = self._brake.observe(sustained)
-        if before == 1.0 and self._brake.factor < 1.0 and not self.record.rate_limit_now:
-            self._unthrottled_base = max(self.record.rate, 100.0)
-        if self._brake.factor != before:
-            self._apply_rate()
-        if not tightened:
-            return
-        if before == self._brake.factor and now - self._last_throttled < THROTTLED_EVENT_MIN_SECONDS:
-            return
-        self._last_throttled = now
         rec = self.record
-        reason = (
-            f"Redis answered in {sustained * 1000:.1f} ms, above the {self._brake.ceiling * 1000:g} ms "
-            f"latency ceiling: slowing to {self._effective_rate():,.0f} keys/s"
-        )
         rec.throttle_seq += 1
         rec.throttle_reason = reason
         if not self.dry:
@@ -579,7 +473,7 @@ class BackfillRunner:
         rec = self.record
         await self._set_state(PAUSED, "paused by an operator")
         self._publish(pb.BACKFILL_EVENT_KIND_PAUSED, rec.reason)
-        self._rates.clear()
+        self._pacing.restart()
         rec.rate = 0.0
         while True:
             self._wake.clear()
@@ -643,7 +537,7 @@ class BackfillRunner:
                 )
             except Exception as exc:  # the stage rules then ask for another backfill: safe, if slower
                 log.warning("backfill completion not recorded as a migration fact: %s", type(exc).__name__)
-        self._flush_metrics()  # before the event: whoever waits for it reads complete counters
+        self._tally.flush()  # before the event: whoever waits for it reads complete counters
         await self._let_go()
         self._publish(pb.BACKFILL_EVENT_KIND_COMPLETED, reason)
 
@@ -662,7 +556,7 @@ class BackfillRunner:
                 return
         rec.state, rec.reason, rec.end_time, rec.update_time = state, reason, now, now
         kind = pb.BACKFILL_EVENT_KIND_CANCELLED if state == CANCELLED else pb.BACKFILL_EVENT_KIND_FAILED
-        self._flush_metrics()
+        self._tally.flush()
         await self._let_go()
         self._publish(kind, reason)
 
@@ -696,7 +590,7 @@ class BackfillRunner:
         waited = time.monotonic() - self._last_progress
         if (
             waited >= PROGRESS_MIN_SECONDS
-            or self._keys_since_progress + self._batch_size() > PROGRESS_MAX_KEYS
+            or self._keys_since_progress + self._pacing.batch_size() > PROGRESS_MAX_KEYS
         ):
             self._publish(pb.BACKFILL_EVENT_KIND_PROGRESS)
 
