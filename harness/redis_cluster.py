@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,23 +18,17 @@ from pathlib import Path
 
 import redis as sync_redis
 
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from harness.ports import port_is_free
 
 
 def _free_ports(count: int) -> list[int]:
-    """Ports whose cluster bus port (port + 10000) is free too, so below 55536."""
+    """Ports whose cluster bus port (port + 10000) is free too, so below 55536 (the OS's own pick of a
+    free port, ``harness.ports``, is often above it)."""
     rng = random.Random()
     while True:
         base = rng.randrange(20000, 45000)
         ports = list(range(base, base + count))
-        if all(_port_is_free(p) and _port_is_free(p + 10000) for p in ports):
+        if all(port_is_free(p) and port_is_free(p + 10000) for p in ports):
             return ports
 
 

@@ -21,7 +21,7 @@ from relay import server
 from relay.core.config import Settings
 from relay.core.stages import Stage
 from relay.v1 import job_service_pb2_grpc, migration_controller_pb2_grpc
-from tests.conftest import Keys, RedisServer, Running, start_redis_server, stop_redis_server
+from tests.conftest import Keys, RedisServer, Running, start_redis_server
 
 SPLITS = ["cluster", "single"]
 
@@ -38,7 +38,7 @@ def second_redis_server() -> Iterator[RedisServer]:
     """A second single Redis: the new layout's store of topology 3."""
     srv = start_redis_server()
     yield srv
-    stop_redis_server(srv)
+    srv.stop()
 
 
 @dataclass
