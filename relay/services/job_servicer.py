@@ -66,7 +66,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
                     f"{field}.params", f"must be at most {self._settings.max_params_bytes} bytes as JSON"
                 )
             crid = check_client_request_id(action.client_request_id, f"{field}.client_request_id")
-            actions.append(NewAction(provider, name, params_json, crid))
+            actions.append(
+                NewAction(provider, name, params_json, crid, codec.encoded(params_json, action.params))
+            )
         return actions
 
     @rpc_method
@@ -126,7 +128,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 "result", f"must be at most {self._settings.max_result_bytes} bytes as JSON"
             )
         error = _bounded_text(request.error, "error", MAX_ERROR_CHARS) if request.error else None
-        record = await self._store.update_status(workspace_id, job_id, status, result_json, error)
+        result_pb = codec.encoded(result_json, request.result) if result_json is not None else ""
+        record = await self._store.update_status(workspace_id, job_id, status, result_json, error, result_pb)
         return pb.UpdateJobStatusResponse(job=codec.to_proto(record))
 
 

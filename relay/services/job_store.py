@@ -6,7 +6,6 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import zip_longest
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -53,6 +52,8 @@ class NewAction:
     action: str
     params_json: str
     client_request_id: str
+    #: The params' encoded form (``codec.encoded``), kept beside the text so reads need no JSON parse.
+    params_pb: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ class JobStore:
                 params_json=action.params_json,
                 actor_id=actor_id,
                 enqueued_at=enqueued_at,
+                params_pb=action.params_pb,
             )
             member = codec.index_member(job_id, enqueued_at)
             jobs.append(EnqueuedJob(job_id, action.client_request_id, member, record))
@@ -140,7 +142,13 @@ class JobStore:
             await self._replica_wait.confirm(self._legacy, workspace_id)
 
     async def update_status(
-        self, workspace_id: str, job_id: str, status: str, result_json: str | None, error: str | None
+        self,
+        workspace_id: str,
+        job_id: str,
+        status: str,
+        result_json: str | None,
+        error: str | None,
+        result_pb: str = "",
     ) -> Record:
         stage = self._stages.for_workspace(workspace_id).stage
         if self._split is not None:
@@ -160,6 +168,7 @@ class JobStore:
                     changes["started_at"] = now
                 if result_json is not None:
                     changes["result"] = result_json
+                    changes["result_pb"] = result_pb
                 if error is not None:
                     changes["error"] = error
                 return changes
@@ -179,6 +188,7 @@ class JobStore:
                 "1" if error is not None else "0",
                 error or "",
                 *_layout_flags(stage),
+                result_pb,
             ],
         )
         outcome = reply[0].decode()
@@ -212,41 +222,22 @@ class JobStore:
     async def _read_many(
         self, workspace_id: str, job_ids: Sequence[str], setting: StageSetting
     ) -> list[Record | None]:
-        """Each job as the stage reads it, from one atomic read of every copy involved."""
+        """Each job as the stage reads it, from one atomic read of every copy involved (two reads, one per
+        store, in a split topology).
+
+        Both copies are read whenever the stage reads both layouts: after a rollback to legacy only, the
+        legacy copy can be the newer one, and the higher revision wins.
+        """
         stage = setting.stage
-        read_legacy = stage.reads_legacy or setting.shadow
-        new_keys = [self._keys.new_job(workspace_id, j) for j in job_ids] if stage.reads_new else []
-        legacy_keys = [self._keys.legacy_job(j) for j in job_ids] if read_legacy else []
-        if self._stores.shared:
-            # One atomic read of every copy involved.
-            both = [key for pair in zip_longest(new_keys, legacy_keys) for key in pair if key is not None]
-            replies = await self._lua.call(READ_RECORDS, keys=both) if both else []
-            step = 2 if new_keys and legacy_keys else 1
-            new_replies = replies[0::step] if new_keys else []
-            legacy_replies = replies[step - 1 :: step] if legacy_keys else []
-        else:
-            new_replies = await self._lua.call(READ_RECORDS, keys=new_keys) if new_keys else []
-            legacy_replies = (
-                await self._legacy_lua.call(READ_RECORDS, keys=legacy_keys) if legacy_keys else []
-            )
-        news, legacies = iter(new_replies), iter(legacy_replies)
+        news, legacies = await self._read_layouts(
+            workspace_id,
+            job_ids if stage.reads_new else [],
+            job_ids if stage.reads_legacy or setting.shadow else [],
+        )
         out: list[Record | None] = []
         paths: Counter[str] = Counter()
         for job_id in job_ids:
-            new = _flat_record(next(news)) if stage.reads_new else None
-            legacy = _flat_record(next(legacies)) if read_legacy else None
-            if legacy is not None and legacy.get("workspace_id") != workspace_id:
-                legacy = None  # another workspace's job looks exactly like a missing one
-            if new is not None and new.get("workspace_id", workspace_id) != workspace_id:
-                # Another workspace's record under this workspace's key (a bad restore, a buggy tool):
-                # served to nobody here, counted, logged without its data.
-                self._metrics.foreign_records.add(1, {"layout": "new"})
-                log.warning("a new-layout key holds another workspace's record", extra={"job_id": job_id})
-                new = None
-            for record in (new, legacy):
-                if record is not None:
-                    record.setdefault("job_id", job_id)
-                    record.setdefault("workspace_id", workspace_id)
+            new, legacy = news.get(job_id), legacies.get(job_id)
             if setting.shadow and new is not None and legacy is not None:
                 self._shadow_compare(job_id, new, legacy)
             record, path = self._choose(new, legacy, setting)
@@ -255,6 +246,40 @@ class JobStore:
         for path, count in paths.items():  # one metric update per path, not per record
             self._metrics.read_path.add(count, {"path": path})
         return out
+
+    async def _read_layouts(
+        self, workspace_id: str, new_ids: Sequence[str], legacy_ids: Sequence[str]
+    ) -> tuple[dict[str, Record | None], dict[str, Record | None]]:
+        """The new copies of ``new_ids`` and the legacy copies of ``legacy_ids``, by job id; another
+        workspace's record counts as none. In the shared topology, one atomic read of both."""
+        new_keys = [self._keys.new_job(workspace_id, j) for j in new_ids]
+        legacy_keys = [self._keys.legacy_job(j) for j in legacy_ids]
+        if self._stores.shared:
+            both = new_keys + legacy_keys
+            replies = await self._lua.call(READ_RECORDS, keys=both) if both else []
+            new_replies, legacy_replies = replies[: len(new_keys)], replies[len(new_keys) :]
+        else:
+            new_replies = await self._lua.call(READ_RECORDS, keys=new_keys) if new_keys else []
+            legacy_replies = (
+                await self._legacy_lua.call(READ_RECORDS, keys=legacy_keys) if legacy_keys else []
+            )
+        news: dict[str, Record | None] = {}
+        for job_id, reply in zip(new_ids, new_replies, strict=True):
+            new = _flat_record(reply)
+            if new is not None and new.get("workspace_id", workspace_id) != workspace_id:
+                # Another workspace's record under this workspace's key (a bad restore, a buggy tool):
+                # served to nobody here, counted, logged without its data.
+                self._metrics.foreign_records.add(1, {"layout": "new"})
+                log.warning("a new-layout key holds another workspace's record", extra={"job_id": job_id})
+                new = None
+            news[job_id] = _owned(new, job_id, workspace_id)
+        legacies: dict[str, Record | None] = {}
+        for job_id, reply in zip(legacy_ids, legacy_replies, strict=True):
+            legacy = _flat_record(reply)
+            if legacy is not None and legacy.get("workspace_id") != workspace_id:
+                legacy = None  # another workspace's job looks exactly like a missing one
+            legacies[job_id] = _owned(legacy, job_id, workspace_id)
+        return news, legacies
 
     def _choose(
         self, new: Record | None, legacy: Record | None, setting: StageSetting
@@ -477,6 +502,14 @@ class JobStore:
 def _layout_flags(stage: Stage) -> list[str]:
     """ARGV of UPDATE_STATUS and CLAIM: the layouts the stage uses, and which one its reads prefer."""
     return ["1" if flag else "0" for flag in (stage.reads_legacy, stage.reads_new, stage.prefers_new)]
+
+
+def _owned(record: Record | None, job_id: str, workspace_id: str) -> Record | None:
+    """A record with the job and workspace ids its key names, where the record itself lacks them."""
+    if record is not None:
+        record.setdefault("job_id", job_id)
+        record.setdefault("workspace_id", workspace_id)
+    return record
 
 
 def _flat_record(reply: list[bytes]) -> Record | None:

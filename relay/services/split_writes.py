@@ -109,6 +109,7 @@ class SplitWrites:
                 params_json=action.params_json,
                 actor_id=actor_id,
                 enqueued_at=enqueued_at,
+                params_pb=action.params_pb,
             )
             planned.append((action.client_request_id, record))
         # The other layout's idempotency key can be all there is of a replay's original: written in an

@@ -164,6 +164,7 @@ local error_text = ARGV[7]
 local use_legacy = ARGV[8] == '1' -- the stage reads and writes the legacy layout
 local use_new = ARGV[9] == '1'    -- the stage reads and writes the new layout
 local prefer_new = ARGV[10] == '1'
+local result_pb = ARGV[11]       -- the result's encoded form beside its text ('' when none)
 -- Returns {'OK', revision}, {'NOT_FOUND'} or {'TERMINAL', current status}.
 """
     + _RECORD_HELPERS
@@ -181,7 +182,10 @@ end
 if not redis.call('HGET', truth, 'started_at') then
   table.insert(changes, 'started_at'); table.insert(changes, now)
 end
-if result_set then table.insert(changes, 'result'); table.insert(changes, result) end
+if result_set then
+  table.insert(changes, 'result'); table.insert(changes, result)
+  table.insert(changes, 'result_pb'); table.insert(changes, result_pb)
+end
 if error_set then table.insert(changes, 'error'); table.insert(changes, error_text) end
 write_copies(copies, truth, changes)
 return {'OK', tostring(rev + 1)}
