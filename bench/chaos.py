@@ -31,6 +31,8 @@ from bench.load_scenario import FaultPlan, run_scenario, summary_lines
 from bench.relay_cluster import Cluster
 
 KINDS = ("kill_controller", "client_kill", "pause_redis", "debug_sleep", "restart_redis")
+#: Faults only a Redis Cluster has (``--topology cluster`` adds them to the default kinds).
+CLUSTER_KINDS = ("kill_primary",)
 #: Errors callers see up to this long after a fault ended still belong to it.
 AFTERMATH_SECONDS = 3.0
 
@@ -52,6 +54,9 @@ async def inject(cluster: Cluster, kind: str, rng: random.Random) -> dict[str, A
             cluster.resume_redis()
     elif kind == "debug_sleep":
         await asyncio.to_thread(cluster.debug_sleep, 0.5)
+    elif kind == "kill_primary":
+        workspace_id = rng.choice(sorted(cluster.keys.workspaces))
+        detail = await asyncio.to_thread(cluster.kill_primary, workspace_id)
     elif kind == "restart_redis":
         cluster.crash_redis()
         await asyncio.sleep(rng.uniform(0.2, 1.0))
@@ -118,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, taken in this order (default: all, shuffled): {', '.join(KINDS)}",
     )
     args = parser.parse_args(argv)
-    kinds = [k for k in args.kinds.split(",") if k] or list(KINDS)
-    unknown = set(kinds) - set(KINDS)
+    known = KINDS + (CLUSTER_KINDS if args.topology == "cluster" else ())
+    kinds = [k for k in args.kinds.split(",") if k] or list(known)
+    unknown = set(kinds) - set(known)
     if unknown or not kinds:
         parser.error(f"unknown fault kinds: {sorted(unknown)}")
     count = args.faults or max(len(kinds), int(args.duration / 8))

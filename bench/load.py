@@ -35,6 +35,12 @@ def scenario_arguments(parser: argparse.ArgumentParser, duration: float) -> None
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--topology",
+        choices=("single", "cluster"),
+        default="single",
+        help="single: both layouts on one Redis; cluster: the new layout on a private Redis Cluster",
+    )
 
 
 def scenario_of(args: argparse.Namespace, name: str, aof: bool) -> Scenario:
@@ -50,6 +56,7 @@ def scenario_of(args: argparse.Namespace, name: str, aof: bool) -> Scenario:
         out_dir=args.out,
         plot=not args.no_plot,
         seed=args.seed,
+        topology=args.topology,
     )
 
 

@@ -57,6 +57,8 @@ class Scenario:
     plot: bool = True
     seed: int = 7
     call_timeout: float = 5.0
+    #: "single" (both layouts on one Redis) or "cluster" (the new layout on a Redis Cluster).
+    topology: str = "single"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def keys_to_seed(self) -> int:
@@ -75,7 +77,7 @@ def _count_legacy(cluster: Cluster) -> list[str]:
 
 async def run_scenario(sc: Scenario, faults: FaultPlan | None = None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"relay-{sc.name}-"))
-    cluster = Cluster.create(workdir, sc.workspaces, sc.aof)
+    cluster = Cluster.create(workdir, sc.workspaces, sc.aof, sc.topology)
     try:
         return await _run(sc, cluster, workdir, faults)
     finally:

@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import redis as sync_redis
 
 from bench.server_proc import ServerProcess, relay_serve_argv, wait_serving
 from harness.ports import free_port
+from harness.redis_cluster import RedisCluster, start_redis_cluster
 from harness.redis_server import RedisServer, start_redis_server
 
 JOB_SERVICE = "relay.v1.JobService"
@@ -77,13 +79,18 @@ class Cluster:
     jobs: ServerProcess | None = None
     controller: ServerProcess | None = None
     controller_starts: int = 0
+    #: Topology 2: the new layout on this Redis Cluster, the legacy layout on ``redis``.
+    redis_cluster: RedisCluster | None = None
 
     # --- life cycle ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, workdir: Path, workspace_count: int, aof: bool) -> Cluster:
+    def create(cls, workdir: Path, workspace_count: int, aof: bool, topology: str = "single") -> Cluster:
+        """``topology`` "single": both layouts on one redis-server; "cluster": the legacy layout on it and
+        the new layout on a private Redis Cluster (3 primaries with a replica each)."""
         workdir.mkdir(parents=True, exist_ok=True)
         extra = AOF_ARGS if aof else PLAIN_ARGS
         redis = start_redis_server(extra, prefix="relay-bench-redis-")
+        redis_cluster = start_redis_cluster(primaries=3, replicas=1) if topology == "cluster" else None
         keys = KeyBook.make(workspace_count)
         key_file = workdir / "keys.json"
         key_file.write_text(json.dumps(keys.file_entries()))
@@ -96,6 +103,8 @@ class Cluster:
             # The default stage before the walk sets one in Redis: the old system's legacy-only phase.
             "AI_JOBS_NEW_SCHEMA": "off",
         }
+        if redis_cluster is not None:
+            env |= {"REDIS_URL": redis_cluster.url, "RELAY_LEGACY_REDIS_URL": redis.url}
         cluster = cls(
             workdir,
             keys,
@@ -103,6 +112,7 @@ class Cluster:
             f"127.0.0.1:{free_port()}",
             f"127.0.0.1:{free_port()}",
             env,
+            redis_cluster=redis_cluster,
         )
         return cluster
 
@@ -116,6 +126,8 @@ class Cluster:
                 proc.stop()
         self.resume_redis()
         self.redis.stop()
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
 
     def _spawn(self, role: str, target: str, service: str) -> ServerProcess:
         log_path = self.workdir / f"relay-{role}.log"
@@ -175,3 +187,19 @@ class Cluster:
     def start_redis_again(self, timeout: float = 30.0) -> float:
         """The same redis-server command line (port, directory, AOF); returns seconds until it answers."""
         return self.redis.start_again(timeout)
+
+    # --- the Redis Cluster of topology 2 ----------------------------------------------------------
+    def kill_primary(self, workspace_id: str) -> dict[str, float]:
+        """SIGKILL the primary serving the workspace's slot, wait until its replica took over, then start
+        the dead node again (it rejoins as a replica)."""
+        from relay.core.keys import KEYS
+
+        assert self.redis_cluster is not None
+        victim = self.redis_cluster.primary_of_key(KEYS.new_job(workspace_id, "x"))
+        began = time.monotonic()
+        self.redis_cluster.kill(victim)
+        self.redis_cluster.wait_healthy()
+        promoted = time.monotonic() - began
+        self.redis_cluster.restart(victim)
+        self.redis_cluster.wait_replicated()
+        return {"promoted_seconds": round(promoted, 3), "port": victim.port}
