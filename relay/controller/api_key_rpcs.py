@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import grpc
-from google.protobuf import timestamp_pb2
+import time
 
-from relay.controller.base import ControllerBase
+import grpc
+
+from relay.controller.base import ControllerBase, stamp
 from relay.core.errors import InvalidArgument
 from relay.core.rpc_errors import rpc_method
 from relay.v1 import migration_controller_pb2 as pb
@@ -20,9 +21,9 @@ class ApiKeyRpcs(ControllerBase):
         raw, digest = await self.parts.keyring.create(
             request.workspace_id, list(request.scopes), request.description
         )
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
-        return pb.CreateApiKeyResponse(api_key=raw, key_digest=f"sha256:{digest}", create_time=now)
+        response = pb.CreateApiKeyResponse(api_key=raw, key_digest=f"sha256:{digest}")
+        stamp(response.create_time, time.time())
+        return response
 
     @rpc_method
     async def RevokeApiKey(

@@ -114,10 +114,6 @@ class KeyRing:
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._cache_seconds = cache_seconds
 
-    @property
-    def has_static_keys(self) -> bool:
-        return bool(self._static)
-
     async def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
         token = ""
         for name, value in metadata or ():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from relay.v1 import stage_pb2
 
@@ -72,9 +72,6 @@ class StageSetting:
             version=int(data.get("version", 0)),
             updated_at=str(data.get("updated_at", "")),
         )
-
-    def with_source(self, source: str) -> StageSetting:
-        return replace(self, source=source)
 
 
 GLOBAL_FIELD = "*"

@@ -12,8 +12,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from google.protobuf import timestamp_pb2
-
 from relay.controller.backfill.state import (
     CANCELLED,
     COMPLETED,
@@ -23,6 +21,7 @@ from relay.controller.backfill.state import (
     RUNNING,
     BackfillRecord,
 )
+from relay.controller.base import stamp
 from relay.v1 import backfill_pb2 as pb
 
 TERMINAL_KINDS = frozenset(
@@ -43,11 +42,11 @@ PROGRESS_EVERY_SECONDS = 1.0
 def make_event(
     record: BackfillRecord, kind: pb.BackfillEventKind.ValueType, reason: str = "", state: str | None = None
 ) -> pb.BackfillEvent:
-    now = timestamp_pb2.Timestamp()
-    now.GetCurrentTime()
-    return pb.BackfillEvent(
-        backfill_id=record.backfill_id, kind=kind, time=now, backfill=record.to_proto(state), reason=reason
+    event = pb.BackfillEvent(
+        backfill_id=record.backfill_id, kind=kind, backfill=record.to_proto(state), reason=reason
     )
+    stamp(event.time, time.time())
+    return event
 
 
 def snapshot_event(record: BackfillRecord, state: str | None = None) -> pb.BackfillEvent:

@@ -29,60 +29,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
 from relay.controller.backfill.batch import Batch, BatchCopier, BatchReader, CopyReply
+from relay.controller.backfill.continuation import Continuation
 from relay.controller.backfill.events import EventHub, make_event
 from relay.controller.backfill.pacing import Pacing
+from relay.controller.backfill.read_ahead import ReadAhead
+from relay.controller.backfill.retry import retrying, stop_task
 from relay.controller.backfill.state import (
     CANCELLED,
     COMPLETED,
     COUNT_FIELDS,
     FAILED,
     INVALID_IDS_KEPT,
+    NEW_PASS_FIELDS,
     ORPHANED,
     PAUSED,
     RUNNING,
     BackfillRecord,
     Counts,
-    scan_position,
 )
-from relay.controller.backfill.store import BackfillStore
+from relay.controller.backfill.store import BackfillStore, Fenced
 from relay.controller.backfill.tallies import OutcomeTally
 from relay.controller.common.lease import Lease
 from relay.controller.stages.facts import record_backfill_completed
 from relay.core import codec
 from relay.core.config import Settings
 from relay.core.keys import KEYS, KeyLayout
-from relay.core.rpc_errors import TRANSIENT_STORE_ERRORS
 from relay.core.telemetry import Metrics
 from relay.v1 import backfill_pb2 as pb
 
 log = logging.getLogger("relay.backfill")
-T = TypeVar("T")
 
 #: Times a batch is read again when the copy finds it changed since the read.
 STALE_RETRIES = 5
-#: How long a batch keeps being retried while Redis is unreachable before the backfill fails.
-TRANSIENT_RETRY_SECONDS = 30.0
 PROGRESS_MIN_SECONDS = 0.5
 PROGRESS_MAX_SECONDS = 1.0
 PROGRESS_MAX_KEYS = 5000
 PAUSE_POLL_SECONDS = 0.25
-#: A SCAN step asks for at most this many times the batch size, when few keys match.
-MAX_SCAN_FACTOR = 20
-#: Batches scanned and read ahead of the one being copied.
-READ_AHEAD = 2
-
-
-class Fenced(Exception):
-    """Another run owns the backfill now (its lease expired here): stop without writing."""
 
 
 class _Stopping(Exception):
@@ -112,7 +100,6 @@ class BackfillRunner:
         self.hub = hub
         self._redis = redis
         self._store = store
-        self._metrics = metrics
         self._lease = lease
         self._first = first
         self._reader = BatchReader(redis, record.options.workspace_id, keys)
@@ -122,11 +109,9 @@ class BackfillRunner:
         self._stopping = False
         self._last_progress = 0.0
         self._keys_since_progress = 0
-        self._match_ratio = 1.0
         self._tally = OutcomeTally(metrics)
-        self._skip = frozenset(k.encode("utf-8", "surrogateescape") for k in record.skip_keys)
-        self._ahead: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
-        self._reader_task: asyncio.Task[None] | None = None
+        self._continuation = Continuation(record)
+        self._read_ahead = ReadAhead(record, self._reader, self._pacing, self._continuation)
         self.task: asyncio.Task[None] | None = None
         #: The run reached its end (its final state is recorded); ``done`` follows once its task ends.
         self.finished = False
@@ -193,8 +178,7 @@ class BackfillRunner:
         rec = self.record
         self._pacing.apply_rate()
         if not rec.scan_done:
-            self._ahead = asyncio.Queue(maxsize=READ_AHEAD)
-            self._reader_task = asyncio.create_task(self._read_ahead(self._ahead))
+            self._read_ahead.start()
             held: Batch | None = None  # read ahead, to be sent once the previous batch is recorded
             sending: asyncio.Task[tuple[Batch, CopyReply, float]] | None = None
             try:
@@ -212,7 +196,7 @@ class BackfillRunner:
                     if not batch.last and self._may_send_early(reply):
                         # Unthrottled: send the next batch before recording this one, so Redis never
                         # waits for this process. It expects one batch more than recorded here so far.
-                        ahead = await self._ahead.get()
+                        ahead = await self._read_ahead.get()
                         if isinstance(ahead, Batch) and ahead.run_id and ahead.run_id == rec.run_id:
                             scanned = reply.counts.get("scanned", rec.counts.scanned + len(batch.items))
                             sending = self._send(ahead, rec.batches + 1, scanned)
@@ -225,8 +209,8 @@ class BackfillRunner:
                     self._maybe_progress()
             finally:
                 if sending is not None:
-                    await _stop_task(sending)
-                await _stop_task(self._reader_task)
+                    await stop_task(sending)
+                await self._read_ahead.stop()
         await self._complete()
 
     def _send(
@@ -250,17 +234,16 @@ class BackfillRunner:
     async def _next_batch(self, held: Batch | BaseException | None) -> Batch | None:
         """The next batch read ahead; None when the scan had to begin again (Redis restarted)."""
         rec = self.record
-        batch = held if held is not None else await self._ahead.get()
+        batch = held if held is not None else await self._read_ahead.get()
         if isinstance(batch, BaseException):
             raise batch
         if batch.run_id and not rec.run_id:
             await self._adopt_run(batch.run_id)
         elif batch.run_id != rec.run_id:
             # The cursor was another Redis run's: drop what was read ahead, scan from "0".
-            await _stop_task(self._reader_task)
+            await self._read_ahead.stop()
             await self._rescan(batch.run_id)
-            self._ahead = asyncio.Queue(maxsize=READ_AHEAD)
-            self._reader_task = asyncio.create_task(self._read_ahead(self._ahead))
+            self._read_ahead.start()
             return None
         return batch
 
@@ -282,126 +265,48 @@ class BackfillRunner:
             f"Redis restarted (run_id changed) after {rec.counts.scanned:,} keys: a SCAN cursor does not "
             "survive a restart, so the scan began again from the start; counts are those of the new pass"
         )
-        now = codec.now_iso()
-        values = {
-            "cursor": "0",
-            "scan_done": "0",
-            "start_cursor": "0",
-            "skip_keys": "[]",
-            "skip_until": "0",
-            "covers_scope": "1",
-            "max_keys_reached": "0",
-            "resume_cursor": "",
-            "resume_skip": "[]",
-            "resume_skip_until": "0",
-            "scan_started": now,
-            "update_time": now,
-            "throttle_seq": str(rec.throttle_seq + 1),
-            "throttle_reason": reason,
-            "migrated_in_earlier_passes": str(rec.migrated_earlier + rec.counts.migrated),
-            **{name: "0" for name in COUNT_FIELDS},
-        }
+        fresh = rec.new_pass(run_id, reason, codec.now_iso())
         if not self.dry:
-            done = await _retrying(
+            stored = fresh.to_hash()
+            values = {name: stored[name] for name in NEW_PASS_FIELDS}  # run_id and rescans: the store's
+            done = await retrying(
                 lambda: self._store.rescan(rec.backfill_id, rec.token, rec.batches, run_id, values)
             )
             if not done:
                 raise Fenced("another controller took the backfill over")
         log.warning("backfill scans again: Redis restarted", extra={"backfill_id": rec.backfill_id})
-        rec.run_id, rec.rescans = run_id, rec.rescans + 1
-        rec.cursor, rec.scan_done, rec.start_cursor, rec.covers_scope = "0", False, "0", True
-        rec.skip_keys, rec.skip_until = [], "0"
-        rec.max_keys_reached, rec.resume_cursor, rec.resume_skip, rec.resume_skip_until = False, "", [], "0"
-        rec.scan_started = rec.update_time = now
-        rec.throttle_seq, rec.throttle_reason = rec.throttle_seq + 1, reason
-        rec.migrated_earlier += rec.counts.migrated
-        rec.counts = Counts()
-        rec.invalid_ids = []
-        self._skip = frozenset()
+        rec.adopt(fresh)
+        self._continuation.clear()
         self._pacing.restart(from_start=True)
         self._publish(pb.BACKFILL_EVENT_KIND_THROTTLED, reason)
-
-    async def _read_ahead(self, out: asyncio.Queue[Batch | BaseException]) -> None:
-        """Scan and read the next batches while the current one is copied, so Redis never waits for us.
-
-        What they read may change before their copy: COPY_BATCH re-checks it inside Redis.
-        """
-        rec = self.record
-        cursor, scanned = rec.cursor, rec.counts.scanned
-        try:
-            while True:
-                batch = await _retrying(functools.partial(self._read, cursor, scanned, self._skip_at(cursor)))
-                await out.put(batch)
-                if batch.last:
-                    return
-                cursor, scanned = batch.cursor_to, scanned + len(batch.items)
-        except Exception as exc:
-            await out.put(exc)
-
-    async def _read(self, cursor: str, scanned_before: int, skip: frozenset[bytes] | None) -> Batch:
-        max_keys = self.record.options.max_keys
-        limit = max(0, max_keys - scanned_before) if max_keys else None
-        size = self._pacing.batch_size()
-        count = max(1, min(int(size / self._match_ratio), size * MAX_SCAN_FACTOR))
-        if limit is not None:
-            count = max(1, min(count, int(limit / self._match_ratio) + 1))
-        batch = await self._reader.read(cursor, count, skip or frozenset(), limit)
-        if batch.cursor_to != "0":
-            # The share of keys that are legacy records, so the next step asks for about a batch of them.
-            share = max(batch.returned / count, 0.01)
-            self._match_ratio = min(1.0, 0.5 * self._match_ratio + 0.5 * share)
-        return batch
 
     async def _apply(self, batch: Batch, before: int, scanned_before: int) -> tuple[Batch, CopyReply]:
         for _ in range(STALE_RETRIES + 1):
             if self.dry:
-                reply = await _retrying(
-                    functools.partial(self._copier.decide, batch, self.record.backfill_id)
-                )
+                reply = await retrying(functools.partial(self._copier.decide, batch, self.record.backfill_id))
             else:
                 reply = await self._copy(batch, before, scanned_before)
             if reply.status == "OK":
                 return batch, reply
             if reply.status == "FENCED":
                 raise Fenced("another controller took the backfill over")
-            batch = await _retrying(functools.partial(self._reader.reread, batch))
+            batch = await retrying(functools.partial(self._reader.reread, batch))
         raise RuntimeError(f"the legacy records of a batch kept changing during {STALE_RETRIES + 1} copies")
 
     async def _copy(self, batch: Batch, before: int, scanned_before: int) -> CopyReply:
         rec = self.record
         fields = self._checkpoint(batch, scanned_before)
-        reply = await _retrying(lambda: self._copier.copy(batch, rec.backfill_id, rec.token, before, fields))
+        reply = await retrying(lambda: self._copier.copy(batch, rec.backfill_id, rec.token, before, fields))
         if reply.status != "FENCED":
             return reply
         # Sent again after a dropped connection (by us or by the client library), the batch may already
         # have gone through: then the state holds our token and one batch more. Take its counts from there.
-        stored = await _retrying(lambda: self._store.load(rec.backfill_id))
+        stored = await retrying(lambda: self._store.load(rec.backfill_id))
         if stored is None or stored.token != rec.token or stored.batches != before + 1:
             return reply
         rec.invalid_ids = stored.invalid_ids
         counts = {name: getattr(stored.counts, name) for name in COUNT_FIELDS}
         return CopyReply("OK", "", counts, stored.control, stored.rate_limit_now, stored.batch_size_now)
-
-    def _skip_at(self, cursor: str) -> frozenset[bytes] | None:
-        """The keys the continued backfill handled, while a step from ``cursor`` may return them."""
-        if self._skip and scan_position(cursor) < scan_position(self.record.skip_until, end=True):
-            return self._skip
-        return None
-
-    def _stop_point(self, batch: Batch) -> tuple[str, list[str], str] | None:
-        """(cursor, keys to skip, until) where a continuation resumes when max_keys ends the scan in this
-        batch, else None."""
-        if not batch.limit_reached or (batch.cursor_to == "0" and not batch.cut):
-            return None
-        resume = batch.cursor_from if batch.cut else batch.cursor_to
-        inherited = self._skip_at(resume) or frozenset()
-        done = set(inherited)
-        until = self.record.skip_until if inherited else resume
-        if batch.cut:
-            done.update(batch.skipped_keys, batch.done_keys)
-            if scan_position(batch.cursor_to, end=True) > scan_position(until, end=True) or not inherited:
-                until = batch.cursor_to
-        return resume, sorted(k.decode("utf-8", "surrogateescape") for k in done), until
 
     def _checkpoint(self, batch: Batch, scanned_before: int) -> dict[str, str]:
         scanned_after = scanned_before + len(batch.items)
@@ -412,13 +317,7 @@ class BackfillRunner:
             "total_estimate": str(self._pacing.estimate(batch.cursor_to, scanned_after)),
         }
         if batch.last:
-            fields["scan_done"] = "1"
-            stop = self._stop_point(batch)
-            if stop is not None:
-                fields["max_keys_reached"] = "1"
-                fields["resume_cursor"] = stop[0]
-                fields["resume_skip"] = json.dumps(stop[1])
-                fields["resume_skip_until"] = stop[2]
+            fields.update(self._continuation.end_fields(batch))
         return fields
 
     def _record(self, batch: Batch, reply: CopyReply, seconds: float) -> None:
@@ -444,11 +343,7 @@ class BackfillRunner:
         rec.rate = self._pacing.rate_with(rec.counts.scanned)
         rec.total_estimate = self._pacing.estimate(batch.cursor_to, rec.counts.scanned)
         if batch.last:
-            rec.scan_done = True
-            stop = self._stop_point(batch)
-            if stop is not None:
-                rec.max_keys_reached = True
-                rec.resume_cursor, rec.resume_skip, rec.resume_skip_until = stop
+            self._continuation.record_end(batch)
         self._keys_since_progress += batch.examined
         if not self.dry and reply.outcomes:
             self._tally.count(batch, reply.outcomes, seconds)
@@ -465,11 +360,11 @@ class BackfillRunner:
         self._publish(pb.BACKFILL_EVENT_KIND_THROTTLED, reason)
 
     # --- operator requests -------------------------------------------------------------------
-    async def _obey(self) -> bool:
-        """Raise to stop or cancel; wait while paused (True when it did)."""
+    async def _obey(self) -> None:
+        """Raise to stop or cancel; wait while paused."""
         self._check_stop()
         if self.record.control != "pause":
-            return False
+            return
         rec = self.record
         await self._set_state(PAUSED, "paused by an operator")
         self._publish(pb.BACKFILL_EVENT_KIND_PAUSED, rec.reason)
@@ -483,11 +378,10 @@ class BackfillRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), PAUSE_POLL_SECONDS)
             if not self.dry:
-                control, rate, batch = await _retrying(lambda: self._store.controls(rec.backfill_id))
+                control, rate, batch = await retrying(lambda: self._store.controls(rec.backfill_id))
                 self.poke(control, rate, batch)
         await self._set_state(RUNNING, "resumed by an operator")
         self._publish(pb.BACKFILL_EVENT_KIND_RESUMED, rec.reason)
-        return True
 
     def _check_stop(self) -> None:
         if self._stopping:
@@ -505,7 +399,7 @@ class BackfillRunner:
 
     async def _write(self, values: dict[str, str], indexed_by: str = "") -> None:
         rec = self.record
-        if not await _retrying(lambda: self._store.write(rec.backfill_id, rec.token, values, indexed_by)):
+        if not await retrying(lambda: self._store.write(rec.backfill_id, rec.token, values, indexed_by)):
             raise Fenced("another controller took the backfill over")
 
     # --- endings -----------------------------------------------------------------------------
@@ -603,30 +497,3 @@ class BackfillRunner:
                 and time.monotonic() - self._last_progress >= PROGRESS_MAX_SECONDS
             ):
                 self._publish(pb.BACKFILL_EVENT_KIND_PROGRESS)
-
-
-async def _stop_task(task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` until it ends: a Redis call may swallow one cancellation (redis-py)."""
-    if task is None:
-        return
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.1)
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        task.result()
-
-
-async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
-    """``call()`` again while Redis is unreachable, for up to TRANSIENT_RETRY_SECONDS (a batch and its
-    checkpoint are one Lua step, so nothing is half done meanwhile)."""
-    deadline = time.monotonic() + TRANSIENT_RETRY_SECONDS
-    pause = 0.02
-    while True:
-        try:
-            return await call()
-        except TRANSIENT_STORE_ERRORS as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("backfill retries a Redis call: %s", type(exc).__name__)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.5)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
+from relay.controller.base import stamp
 from relay.core import codec
 from relay.core.errors import InvalidArgument
 from relay.core.ids import is_workspace_id
@@ -146,6 +147,25 @@ class Counts:
 
 
 COUNT_FIELDS = tuple(f.name for f in fields(Counts))
+#: The hash fields a new pass sets (``BackfillRecord.new_pass``); run_id and rescans are set by the store.
+NEW_PASS_FIELDS = (
+    "cursor",
+    "scan_done",
+    "start_cursor",
+    "skip_keys",
+    "skip_until",
+    "covers_scope",
+    "max_keys_reached",
+    "resume_cursor",
+    "resume_skip",
+    "resume_skip_until",
+    "scan_started",
+    "update_time",
+    "throttle_seq",
+    "throttle_reason",
+    "migrated_in_earlier_passes",
+    *COUNT_FIELDS,
+)
 
 
 @dataclass(slots=True)
@@ -226,6 +246,25 @@ class BackfillRecord:
             resume_skip=list(self.resume_skip),
             invalid_ids=list(self.invalid_ids),
         )
+
+    def new_pass(self, run_id: str, reason: str, now: str) -> BackfillRecord:
+        """This record once its scan begins again from cursor "0" on Redis run ``run_id`` (a copy)."""
+        nxt = self.copy()
+        nxt.run_id, nxt.rescans = run_id, self.rescans + 1
+        nxt.cursor, nxt.scan_done, nxt.start_cursor, nxt.covers_scope = "0", False, "0", True
+        nxt.skip_keys, nxt.skip_until = [], "0"
+        nxt.max_keys_reached, nxt.resume_cursor, nxt.resume_skip, nxt.resume_skip_until = False, "", [], "0"
+        nxt.scan_started = nxt.update_time = now
+        nxt.throttle_seq, nxt.throttle_reason = self.throttle_seq + 1, reason
+        nxt.migrated_earlier = self.migrated_earlier + self.counts.migrated
+        nxt.counts = Counts()
+        nxt.invalid_ids = []
+        return nxt
+
+    def adopt(self, other: BackfillRecord) -> None:
+        """Take every field of ``other``, keeping this object (watchers hold it)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(other, f.name))
 
     # --- the Redis hash ----------------------------------------------------------------------
     def to_hash(self) -> dict[str, str]:
@@ -374,7 +413,7 @@ class BackfillRecord:
         ):
             moment = codec.parse_time(text)
             if moment is not None:
-                target.CopyFrom(_timestamp(moment))
+                stamp(target, moment.timestamp())
         return message
 
 
@@ -394,12 +433,6 @@ def scan_fraction(cursor: str) -> float:
     """
     value = int(cursor or "0")
     return int(f"{value:064b}"[::-1], 2) / 2**64
-
-
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def _flag(value: bool) -> str:

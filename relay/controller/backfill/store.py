@@ -26,6 +26,10 @@ from relay.core.lua.backfill import (
 HISTORY_LENGTH = 50
 
 
+class Fenced(Exception):
+    """Another run owns the backfill now (its lease expired here): stop without writing."""
+
+
 def lease_holder(controller_id: str, backfill_id: str) -> str:
     """The backfill lease's value: who runs which backfill."""
     return f"{controller_id}/{backfill_id}"

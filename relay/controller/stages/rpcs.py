@@ -37,7 +37,7 @@ def setting_proto(scope: ScopeStage) -> stage_pb2.StageSetting:
     )
     updated = parse_time(setting.updated_at)
     if updated is not None:
-        message.update_time.FromDatetime(updated)
+        stamp(message.update_time, updated.timestamp())
     stamp(message.enter_time, history.entered_at)
     stamp(message.new_writes_start_time, history.new_writes_since)
     stamp(message.legacy_writes_stop_time, history.legacy_writes_stopped_at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -63,7 +64,7 @@ def cleanup_proto(run: SweepRun) -> pb.Cleanup:
 async def _events(sweep: Sweep, run: SweepRun) -> AsyncIterator[pb.CleanupEvent]:
     async for kind, state in sweep.run(run):
         event = pb.CleanupEvent(cleanup_id=state.operation_id, kind=KINDS[kind], cleanup=cleanup_proto(state))
-        event.time.GetCurrentTime()
+        stamp(event.time, time.time())
         yield event
 
 

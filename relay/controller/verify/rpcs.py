@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -80,7 +81,7 @@ class VerifyRpcs(ControllerBase):
             event = pb.VerificationEvent(
                 verification_id=run.verification_id, kind=KINDS[kind], verification=verification_proto(run)
             )
-            event.time.GetCurrentTime()
+            stamp(event.time, time.time())
             yield event
 
     @rpc_method
