@@ -111,31 +111,43 @@ async def status(ctx: click.Context, backfill_id: str, as_json: bool) -> int:
     return EXIT_OK
 
 
-@backfill.command("pause", epilog=EXIT_CODES_HELP)
-@click.argument("backfill_id", required=False, default="")
-@click.pass_context
-@run
-async def pause(ctx: click.Context, backfill_id: str) -> int:
-    """Pause a backfill after its current batch (it keeps its place)."""
-    return await _request(connection(ctx), "PauseBackfill", pb.PauseBackfillRequest, backfill_id)
+#: The commands that send one control request for a backfill: (name, RPC, request type, help).
+CONTROL_COMMANDS = (
+    (
+        "pause",
+        "PauseBackfill",
+        pb.PauseBackfillRequest,
+        "Pause a backfill after its current batch (it keeps its place).",
+    ),
+    (
+        "resume",
+        "ResumeBackfill",
+        pb.ResumeBackfillRequest,
+        "Resume a paused backfill, or one whose controller died, from its checkpoint.",
+    ),
+    (
+        "cancel",
+        "CancelBackfill",
+        pb.CancelBackfillRequest,
+        "Cancel a backfill after its current batch (what it copied stays).",
+    ),
+)
 
 
-@backfill.command("resume", epilog=EXIT_CODES_HELP)
-@click.argument("backfill_id", required=False, default="")
-@click.pass_context
-@run
-async def resume(ctx: click.Context, backfill_id: str) -> int:
-    """Resume a paused backfill, or one whose controller died, from its checkpoint."""
-    return await _request(connection(ctx), "ResumeBackfill", pb.ResumeBackfillRequest, backfill_id)
+def _control_command(name: str, method: str, request_type: type, help_text: str) -> None:
+    @click.pass_context
+    @run
+    async def command(ctx: click.Context, backfill_id: str) -> int:
+        return await _request(connection(ctx), method, request_type, backfill_id)
+
+    command.__doc__ = help_text
+    backfill.command(name, epilog=EXIT_CODES_HELP)(
+        click.argument("backfill_id", required=False, default="")(command)
+    )
 
 
-@backfill.command("cancel", epilog=EXIT_CODES_HELP)
-@click.argument("backfill_id", required=False, default="")
-@click.pass_context
-@run
-async def cancel(ctx: click.Context, backfill_id: str) -> int:
-    """Cancel a backfill after its current batch (what it copied stays)."""
-    return await _request(connection(ctx), "CancelBackfill", pb.CancelBackfillRequest, backfill_id)
+for _name, _method, _request_type, _help in CONTROL_COMMANDS:
+    _control_command(_name, _method, _request_type, _help)
 
 
 @backfill.command("set", epilog=EXIT_CODES_HELP)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import click
 
 from relay.clients.cli_common import EXIT_FAILED, EXIT_OK, connection, print_json, run
-from relay.clients.cli_progress import progress_bar
+from relay.clients.cli_progress import follow_with_bar
 from relay.v1 import cleanup_pb2 as pb
 
 STATE_NAMES = {
@@ -51,15 +51,15 @@ def summary(result: pb.Cleanup, what: str, done_label: str) -> str:
 
 
 async def follow(events: AsyncIterator[pb.CleanupEvent], title: str) -> pb.Cleanup:
-    result = pb.Cleanup()
-    with progress_bar() as bar:
-        task = bar.add_task(title, total=100, detail="")
-        async for event in events:
-            result = event.cleanup
-            phase = f"{result.phase}: " if result.phase != "done" else ""
-            detail = f"{phase}{result.scanned:,} scanned, {result.done:,} done, {result.rate:,.0f} keys/s"
-            bar.update(task, completed=result.percent_done, detail=detail)
-    return result
+    return await follow_with_bar(events, title, lambda event: event.cleanup, _progress, pb.Cleanup())
+
+
+def _progress(result: pb.Cleanup) -> tuple[float, str]:
+    phase = f"{result.phase}: " if result.phase != "done" else ""
+    return (
+        result.percent_done,
+        f"{phase}{result.scanned:,} scanned, {result.done:,} done, {result.rate:,.0f} keys/s",
+    )
 
 
 def exit_code(result: pb.Cleanup, max_keys: int) -> int:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from relay.clients.cli_common import EXIT_FAILED, EXIT_OK, connection, print_json, run
-from relay.clients.cli_progress import progress_bar
+from relay.clients.cli_progress import follow_with_bar
 from relay.v1 import verification_pb2 as pb
 
 STATE_NAMES = {
@@ -67,6 +67,11 @@ def show(result: pb.Verification, console: Console) -> None:
     console.print(f"result: {verdict}")
 
 
+def _progress(result: pb.Verification) -> tuple[float, str]:
+    scanned = result.scanned_legacy + result.scanned_new
+    return result.percent_done, f"{result.phase} keys, {scanned:,} scanned" if result.phase != "done" else ""
+
+
 @click.command(
     "verify", help="Compare legacy job records with the new layout (like VDiff) and show the diff."
 )
@@ -91,14 +96,10 @@ async def verify(
             request = pb.VerifyMigrationRequest(
                 workspace_id=workspace, rate_limit=rps, batch_size=batch, resume=resume
             )
-            result = pb.Verification()
-            with progress_bar() as bar:
-                task = bar.add_task("verify", total=100, detail="")
-                async for event in stub.VerifyMigration(request, metadata=conn.metadata):
-                    result = event.verification
-                    scanned = result.scanned_legacy + result.scanned_new
-                    detail = f"{result.phase} keys, {scanned:,} scanned" if result.phase != "done" else ""
-                    bar.update(task, completed=result.percent_done, detail=detail)
+            events = stub.VerifyMigration(request, metadata=conn.metadata)
+            result = await follow_with_bar(
+                events, "verify", lambda event: event.verification, _progress, pb.Verification()
+            )
     if as_json:
         print_json(result)
     else:

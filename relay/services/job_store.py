@@ -6,7 +6,6 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
@@ -32,6 +31,7 @@ from relay.core.stages import Stage, StageSetting
 from relay.core.stores import Stores
 from relay.core.telemetry import Metrics
 from relay.services.job_claims import CLAIM_TIMEOUT_SECONDS, Claims
+from relay.services.listing_cursor import INDEX, LEGACY, ListingCursor
 from relay.services.split_writes import SplitWrites
 
 log = logging.getLogger("relay.jobs")
@@ -318,25 +318,26 @@ class JobStore:
         """
         setting = self._stages.for_workspace(workspace_id)
         filters = f"status={status}"
+        cursor: ListingCursor | None
         if page_token:
-            state = self._tokens.decode(page_token, workspace_id, filters)
+            cursor = ListingCursor.from_state(self._tokens.decode(page_token, workspace_id, filters))
         else:
-            state = await self._first_state(workspace_id, setting)
+            cursor = await self._first_cursor(workspace_id, setting)
         out: list[Record] = []
-        if state.get("p") == "index":
-            state = await self._list_index(workspace_id, setting, status, page_size, state, out)
-        if state and state.get("p") == "legacy" and len(out) < page_size:
-            state = await self._list_legacy(workspace_id, setting, status, page_size, state, out)
-        token = self._tokens.encode(workspace_id, filters, state) if state else ""
+        if cursor.phase == INDEX:
+            cursor = await self._list_index(workspace_id, setting, status, page_size, cursor, out)
+        if cursor and cursor.phase == LEGACY and len(out) < page_size:
+            cursor = await self._list_legacy(workspace_id, setting, status, page_size, cursor, out)
+        token = self._tokens.encode(workspace_id, filters, cursor.to_state()) if cursor else ""
         return Page(out, token)
 
-    async def _first_state(self, workspace_id: str, setting: StageSetting) -> dict[str, Any]:
+    async def _first_cursor(self, workspace_id: str, setting: StageSetting) -> ListingCursor:
         if not setting.stage.reads_legacy:
-            return {"p": "index", "m": "", "t": 0, "l": 0}
+            return ListingCursor.first(0, legacy_phase=False)
         # The listing's start on the clock of the node that scores the workspace's late index.
         began = int(await self._lua.call(NOW, keys=[self._keys.job_index_late(workspace_id)]))
         indexed = await self._redis.exists(self._keys.legacy_indexed)
-        return {"p": "index", "m": "", "t": began, "l": 0 if indexed else 1}
+        return ListingCursor.first(began, legacy_phase=not indexed)
 
     async def _list_index(
         self,
@@ -344,11 +345,11 @@ class JobStore:
         setting: StageSetting,
         status: str,
         page_size: int,
-        state: dict[str, Any],
+        cursor: ListingCursor,
         out: list[Record],
-    ) -> dict[str, Any] | None:
+    ) -> ListingCursor | None:
         index = self._keys.job_index(workspace_id)
-        after, began, legacy_phase = str(state.get("m", "")), int(state.get("t", 0)), bool(state.get("l"))
+        after, began, legacy_phase = cursor.after_member, cursor.began, cursor.legacy_phase
         examined = 0
         while True:
             need = page_size - len(out)
@@ -379,15 +380,15 @@ class JobStore:
                     out.append(record)
                     if len(out) == page_size:
                         if more or member != names[-1]:
-                            return {**state, "p": "index", "m": after}
+                            return cursor.index_after(after)
                         break
             examined += len(candidates)
             if not more or len(out) == page_size:
                 break  # the index is exhausted
             if examined >= INDEX_ENTRIES_PER_PAGE:
-                return {**state, "p": "index", "m": after}
+                return cursor.index_after(after)
         if legacy_phase and setting.stage.reads_legacy:
-            return {"p": "legacy", "c": 0, "t": began, "l": 1}
+            return cursor.legacy_from(0)
         return None
 
     async def _indexed_late(self, workspace_id: str, members: Sequence[str], began: int) -> set[str]:
@@ -401,9 +402,9 @@ class JobStore:
         setting: StageSetting,
         status: str,
         page_size: int,
-        state: dict[str, Any],
+        position: ListingCursor,
         out: list[Record],
-    ) -> dict[str, Any] | None:
+    ) -> ListingCursor | None:
         """Unindexed legacy records of the workspace, one SCAN stretch after another.
 
         A page ends on a SCAN cursor, never part-way through what one SCAN call returned: a cursor stays
@@ -415,10 +416,10 @@ class JobStore:
         """
         if not setting.stage.reads_legacy:
             return None
-        cursor = int(state.get("c", 0))
-        count = int(state.get("n", LEGACY_SCAN_COUNT))
-        after = str(state.get("k", "")).encode("latin-1")
-        began = int(state.get("t", 0))
+        cursor = position.scan_cursor
+        count = LEGACY_SCAN_COUNT if position.scan_count is None else position.scan_count
+        after = position.after_key.encode("latin-1")
+        began = position.began
         steps = calls = 0
         while steps < LEGACY_SCANS_PER_PAGE and calls < LEGACY_SCAN_CALLS_PER_PAGE:
             next_cursor, keys = await self._legacy.scan(cursor, match=LEGACY_JOB_PATTERN, count=count)
@@ -434,14 +435,7 @@ class JobStore:
                 if out:
                     break
                 out.extend(record for _, record in found[:room])
-                return {
-                    "p": "legacy",
-                    "c": cursor,
-                    "n": 1,
-                    "k": found[room - 1][0].decode("latin-1"),
-                    "t": began,
-                    "l": 1,
-                }
+                return position.legacy_from(cursor, 1, found[room - 1][0].decode("latin-1"))
             out.extend(record for _, record in found)
             steps += 1
             cursor, after = int(next_cursor), b""
@@ -450,10 +444,7 @@ class JobStore:
                 return None
             if len(out) == page_size:
                 break
-        state = {"p": "legacy", "c": cursor, "n": count, "t": began, "l": 1}
-        if after:
-            state["k"] = after.decode("latin-1")
-        return state
+        return position.legacy_from(cursor, count, after.decode("latin-1"))
 
     async def _unindexed_legacy(
         self, workspace_id: str, keys: list[bytes], status: str, began: int
