@@ -53,11 +53,14 @@ test: lint system-tools
 bench: gen
 	$(PY) -m bench.run_all
 
+# TOPOLOGY=cluster puts the new layout on a private Redis Cluster (the legacy layout stays on one Redis).
+TOPOLOGY ?= single
+
 load: gen
-	$(PY) -m bench.load --duration 300
+	$(PY) -m bench.load --duration 300 --topology $(TOPOLOGY)
 
 chaos: gen
-	$(PY) -m bench.chaos --duration 300
+	$(PY) -m bench.chaos --duration 300 --topology $(TOPOLOGY)
 
 clean:
 	rm -rf $(VENV) node_modules relay/v1/*_pb2*.py relay/v1/*_pb2*.pyi $(GEN_STAMP)
