@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The one command that generates the Python stubs from protos/ (they are not committed).
+# The Python stubs from protos/ (never committed). Every install makes them (setup.py's build hook:
+# `pip install .`, `pip install -e .`, `pip wheel .`); this target regenerates them in the source tree
+# after a .proto changes, with the same code and the same pinned grpcio-tools.
 gen: $(GEN_STAMP)
 
-$(GEN_STAMP): $(PROTOS) $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+$(GEN_STAMP): $(PROTOS) $(STAMP) setup.py
+	$(PY) setup.py -q gen_stubs
 	touch $(GEN_STAMP)
 
 node_modules/.bin/buf:
