@@ -321,22 +321,25 @@ class Metrics:
 def otlp_reader(env: dict[str, str] | None = None) -> MetricReader | None:
     """The OTLP push reader the standard variables ask for, or None when no endpoint is set."""
     env = dict(os.environ if env is None else env)
-    endpoint = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if not endpoint:
+    signal_endpoint = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip()
+    base_endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not (signal_endpoint or base_endpoint):
         return None
     protocol = (
         env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
     ).strip() or "http/protobuf"
-    # The exporters read the endpoint, headers, certificates and timeout from the environment themselves.
+    # The endpoint is passed as the standard says it is read; headers, certificates, compression and
+    # timeout the exporters read from the environment themselves.
     exporter: Any
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
 
-        exporter = Grpc()
+        exporter = Grpc(endpoint=signal_endpoint or base_endpoint)
     elif protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
 
-        exporter = Http()
+        # A base endpoint gets the signal's path; a metrics endpoint is used as it is.
+        exporter = Http(endpoint=signal_endpoint or base_endpoint.rstrip("/") + "/v1/metrics")
     else:
         raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or http/protobuf, not {protocol!r}")
     interval = env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
