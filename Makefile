@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/relay/v1/*.proto)
 GEN_STAMP := relay/v1/.generated
 
-.PHONY: run test lint gen buf-lint ops-lint system-tools bench load chaos clean
+.PHONY: run test lint gen buf-lint buf-breaking ops-lint system-tools bench load chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,18 @@ node_modules/.bin/buf:
 buf-lint: node_modules/.bin/buf
 	node_modules/.bin/buf lint
 
+# The contract against the previous commit (BUF_AGAINST_REF=<ref> for another); skipped, saying so,
+# where there is no previous commit (a shallow clone).
+buf-breaking: node_modules/.bin/buf
+	bash .ci/buf-breaking.sh
+
 # Alert rules: checked and unit-tested by promtool (Debian's prometheus package, installed when missing).
 ops-lint:
 	bash ops/ensure-prometheus.sh
 	promtool check rules ops/prometheus/alerts.yml
 	promtool test rules ops/prometheus/alerts_test.yml ops/prometheus/alerts_stalled_test.yml
 
-lint: gen buf-lint ops-lint
+lint: gen buf-lint buf-breaking ops-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
