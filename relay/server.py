@@ -82,7 +82,8 @@ async def start(
 ) -> App:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
-    settings.tls.check()
+    # TLS files are read first: a bad one stops the start before anything is connected.
+    credentials = settings.tls.credentials() if settings.tls.enabled else None
     redis = redis if redis is not None else await connect(settings)
     metrics = metrics or build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
     observe_redis(redis, metrics)
@@ -111,8 +112,8 @@ async def start(
         names.append(await add_controller(server, redis, settings, metrics, keyring, stages, background))
     reflection.enable_server_reflection(names, server)
     # With TLS configured the one port is a TLS port: there is no plaintext listener beside it.
-    if settings.tls.enabled:
-        port = server.add_secure_port(settings.listen, settings.tls.credentials())
+    if credentials is not None:
+        port = server.add_secure_port(settings.listen, credentials)
     else:
         port = server.add_insecure_port(settings.listen)
     if port == 0:
