@@ -145,10 +145,11 @@ def test_relay_serve_pushes_when_the_standard_variables_are_set(
     receiver: tuple[Receiver, int], tmp_path: Path
 ):
     sink, otlp_port = receiver
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OTEL_"))},
         "REDIS_URL": "",
-        "RELAY_LISTEN": f"127.0.0.1:{free_port()}",
+        "RELAY_LISTEN": f"127.0.0.1:{port}",
         "RELAY_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         "RELAY_CREDENTIALS": str(tmp_path / "credentials.json"),
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
@@ -162,6 +163,10 @@ def test_relay_serve_pushes_when_the_standard_variables_are_set(
         stderr=subprocess.PIPE,
     )
     try:
+        # Serving first (SIGTERM drains only from then on), then the pushes.
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        channel.close()
         # The read-path series start at 0 in every process: they arrive without any traffic.
         assert sink.wait_for(lambda: "relay_job_read_path" in sink.points, 30), proc.poll()
         assert sink.last("relay_job_read_path", path="new") == 0
