@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -175,3 +176,46 @@ def test_relay_serve_pushes_when_the_standard_variables_are_set(
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode(errors="replace")
     assert b"pushing metrics over OTLP (grpc)" in err
+
+
+def test_the_default_protocol_is_http_protobuf_to_the_base_endpoint_plus_v1_metrics():
+    got: list[tuple[str, metrics_service_pb2.ExportMetricsServiceRequest]] = []
+    arrived = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = metrics_service_pb2.ExportMetricsServiceRequest()
+            request.ParseFromString(body)
+            got.append((self.path, request))
+            arrived.set()
+            reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        metrics = build_metrics(
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{http.server_address[1]}",
+                "OTEL_METRIC_EXPORT_INTERVAL": "200",
+            }
+        )
+        metrics.backfill_migrated.add(2, {"workspace_id": "ws-a"})
+        assert arrived.wait(20)
+        metrics.shutdown()
+    finally:
+        http.shutdown()
+        http.server_close()
+    path, request = got[-1]
+    assert path == "/v1/metrics"
+    names = {m.name for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert {"relay_backfill_migrated", "relay_backfill_errors", "relay_backfill_skipped"} <= names
