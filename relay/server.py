@@ -137,7 +137,12 @@ async def _make_dev_key(keyring: KeyRing, settings: Settings) -> None:
     print(
         "No api keys are configured: made a development key for workspace "
         f"'{DEV_WORKSPACE}' with all scopes.\n"
-        f"  api key: {raw}\n  saved to {path} (relayctl finds it there)",
+        f"  api key: {raw}\n  saved to {path} (relayctl finds it there)"
+        + (
+            "\n  TLS is on: relayctl needs --tls-ca (or tls_ca in that file) unless the system trusts it"
+            if settings.tls.enabled
+            else ""
+        ),
         file=sys.stderr,
         flush=True,
     )

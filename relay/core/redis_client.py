@@ -66,6 +66,9 @@ def redact(url: str) -> str:
 def connect(url: str, tls: RedisTLS | None = None, *, what: str = "REDIS_URL", **options: Any) -> Redis:
     """A client for ``url`` (see the module doc); ``what`` names the setting in messages.
 
+    An empty ``url`` is the embedded store: a caller for whom empty means something else (another URL
+    that defaults to the main store) decides that before calling.
+
     ``options`` are redis-py client options that override the defaults (not the URL's query).
     """
     if not url:
