@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/relay/v1/*.proto)
 GEN_STAMP := relay/v1/.generated
 
-.PHONY: run test lint gen buf-lint ops-lint system-tools bench load chaos clean
+.PHONY: run test lint gen buf-lint buf-breaking ops-lint system-tools bench load chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The one command that generates the Python stubs from protos/ (they are not committed).
+# The Python stubs from protos/ (never committed). Every install makes them (setup.py's build hook:
+# `pip install .`, `pip install -e .`, `pip wheel .`); this target regenerates them in the source tree
+# after a .proto changes, with the same code and the same pinned grpcio-tools.
 gen: $(GEN_STAMP)
 
-$(GEN_STAMP): $(PROTOS) $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+$(GEN_STAMP): $(PROTOS) $(STAMP) setup.py
+	$(PY) setup.py -q gen_stubs
 	touch $(GEN_STAMP)
 
 node_modules/.bin/buf:
@@ -27,13 +29,18 @@ node_modules/.bin/buf:
 buf-lint: node_modules/.bin/buf
 	node_modules/.bin/buf lint
 
+# The contract against the previous commit (BUF_AGAINST_REF=<ref> for another); skipped, saying so,
+# where there is no previous commit (a shallow clone).
+buf-breaking: node_modules/.bin/buf
+	bash .ci/buf-breaking.sh
+
 # Alert rules: checked and unit-tested by promtool (Debian's prometheus package, installed when missing).
 ops-lint:
 	bash ops/ensure-prometheus.sh
 	promtool check rules ops/prometheus/alerts.yml
 	promtool test rules ops/prometheus/alerts_test.yml ops/prometheus/alerts_stalled_test.yml
 
-lint: gen buf-lint ops-lint
+lint: gen buf-lint buf-breaking ops-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

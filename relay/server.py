@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
-from relay.core import logs
+from relay.core import logs, redis_client
 from relay.core.auth import ALL_SCOPES, KeyRing, load_key_file
 from relay.core.config import Settings
 from relay.core.malformed_requests import MalformedRequestInterceptor
@@ -33,6 +34,7 @@ from relay.core.rpc_observer import RpcObserver
 from relay.core.stage_store import StageView
 from relay.core.stores import Stores, TopologyError, open_stores
 from relay.core.telemetry import Metrics, build_metrics, serve_metrics
+from relay.core.tls import ServerTLS, TLSConfigError
 from relay.services.job_servicer import JobServicer
 from relay.services.job_store import JobStore
 from relay.v1 import job_service_pb2, job_service_pb2_grpc
@@ -44,14 +46,13 @@ DEV_WORKSPACE = "dev"
 
 
 async def connect(settings: Settings) -> Stores:
+    """The stores (REDIS_URL, RELAY_LEGACY_REDIS_URL): see relay.core.stores; every client is made by
+    relay.core.redis_client."""
     if settings.redis_url:
-        return await open_stores(settings.redis_url, settings.legacy_redis_url)
+        return await open_stores(settings.redis_url, settings.legacy_redis_url, settings.redis_tls)
     if settings.legacy_redis_url:
         raise TopologyError("RELAY_LEGACY_REDIS_URL is set but REDIS_URL is not: name the new layout's store")
-    from fakeredis import FakeAsyncRedis, FakeServer
-
-    log.warning("REDIS_URL is not set: using an embedded in-memory store; all data is lost at exit")
-    return Stores.single(FakeAsyncRedis(server=FakeServer(version=(7, 0))))
+    return Stores.single(redis_client.connect("", settings.redis_tls))
 
 
 @dataclass
@@ -98,6 +99,8 @@ async def start(
 ) -> App:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
+    # TLS files are read first: a bad one stops the start before anything is connected.
+    credentials = settings.tls.credentials() if settings.tls.enabled else None
     if stores is None:
         stores = Stores.single(redis) if redis is not None else await connect(settings)
     redis = stores.new
@@ -134,9 +137,14 @@ async def start(
     if role in ("all", "controller"):
         from relay.controller.assembly import add_controller
 
+        await redis_client.probe_restart_detection(stores.legacy)
         names.append(await add_controller(server, stores, settings, metrics, keyring, stages, background))
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(settings.listen)
+    # With TLS configured the one port is a TLS port: there is no plaintext listener beside it.
+    if credentials is not None:
+        port = server.add_secure_port(settings.listen, credentials)
+    else:
+        port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
@@ -150,14 +158,20 @@ async def _make_dev_key(keyring: KeyRing, settings: Settings) -> None:
     raw, _ = await keyring.create(DEV_WORKSPACE, list(ALL_SCOPES), "development key made by relay serve")
     path = settings.credentials_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps({"target": settings.listen, "api_key": raw, "workspace_id": DEV_WORKSPACE}) + "\n"
-    )
+    saved: dict[str, object] = {"target": settings.listen, "api_key": raw, "workspace_id": DEV_WORKSPACE}
+    if settings.tls.enabled:
+        saved["tls"] = True  # relayctl then speaks TLS (add tls_ca, tls_cert, tls_key as needed)
+    path.write_text(json.dumps(saved) + "\n")
     os.chmod(path, 0o600)
     print(
         "No api keys are configured: made a development key for workspace "
         f"'{DEV_WORKSPACE}' with all scopes.\n"
-        f"  api key: {raw}\n  saved to {path} (relayctl finds it there)",
+        f"  api key: {raw}\n  saved to {path} (relayctl finds it there)"
+        + (
+            "\n  TLS is on: relayctl needs --tls-ca (or tls_ca in that file) unless the system trusts it"
+            if settings.tls.enabled
+            else ""
+        ),
         file=sys.stderr,
         flush=True,
     )
@@ -166,9 +180,14 @@ async def _make_dev_key(keyring: KeyRing, settings: Settings) -> None:
 async def _serve(settings: Settings, role: str) -> None:
     metrics = build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
     serve_metrics(metrics, settings.metrics_listen)
-    app = await start(settings, role, metrics=metrics)
-    log.info("relay %s listening", role, extra={"listen": f"{settings.listen} (port {app.port})"})
-    print(f"relay {role} listening on {settings.listen}", file=sys.stderr, flush=True)
+    try:
+        app = await start(settings, role, metrics=metrics)
+    except BaseException:
+        metrics.shutdown()
+        raise
+    how = settings.tls.describe()
+    log.info("relay %s listening (%s)", role, how, extra={"listen": f"{settings.listen} (port {app.port})"})
+    print(f"relay {role} listening on {settings.listen} ({how})", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -176,6 +195,7 @@ async def _serve(settings: Settings, role: str) -> None:
     await stop.wait()
     log.info("draining in-flight calls", extra={"reason": "signal"})
     await app.stop(settings.shutdown_grace_seconds)
+    metrics.shutdown()  # a last OTLP push, when one is configured
     log.info("stopped")
 
 
@@ -199,6 +219,12 @@ def main(argv: list[str] | None = None) -> None:
         "--metrics-listen", help="host:port for /metrics (env RELAY_METRICS_LISTEN; '' is off)"
     )
     serve.add_argument("--api-keys-file", help="JSON list of keys (env RELAY_API_KEYS_FILE)")
+    serve.add_argument("--tls-cert-file", help="PEM certificate chain: TLS only (env RELAY_TLS_CERT_FILE)")
+    serve.add_argument("--tls-key-file", help="PEM private key of the certificate (env RELAY_TLS_KEY_FILE)")
+    serve.add_argument(
+        "--tls-client-ca-file",
+        help="PEM CA: require client certificates it signed, mTLS (env RELAY_TLS_CLIENT_CA_FILE)",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env(
         listen=args.listen,
@@ -207,10 +233,19 @@ def main(argv: list[str] | None = None) -> None:
         metrics_listen=args.metrics_listen,
         api_keys_file=args.api_keys_file,
     )
+    settings = dataclasses.replace(
+        settings,
+        tls=ServerTLS(
+            args.tls_cert_file or settings.tls.cert_file,
+            args.tls_key_file or settings.tls.key_file,
+            args.tls_client_ca_file or settings.tls.client_ca_file,
+        ),
+    )
     logs.configure(settings.log_level, settings.log_format)
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
+    try:
+        settings.tls.check()
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(settings, args.role))
-        except TopologyError as exc:
-            print(f"relay: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+    except (TLSConfigError, TopologyError) as exc:
+        print(f"relay: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)

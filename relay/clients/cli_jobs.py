@@ -39,7 +39,8 @@ async def execute(
     struct = struct_pb2.Struct()
     struct.update(value)
     conn = connection(ctx)
-    async with conn.channel() as channel:
+    # Retried on UNAVAILABLE only with a client_request_id: the server answers a repeat with the same job.
+    async with conn.channel(retry_execute=bool(client_request_id)) as channel:
         reply = await conn.jobs(channel).Execute(
             pb.ExecuteRequest(
                 actions=[

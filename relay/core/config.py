@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relay.core.redis_client import RedisTLS
 from relay.core.stages import Stage, stage_from_flags
+from relay.core.tls import ServerTLS
 
 
 def _default_credentials_path() -> Path:
@@ -58,7 +60,13 @@ class Settings:
     backfill_orphan_check_seconds: float = 3.0
     backfill_auto_resume: bool = True
     log_level: str = "INFO"
+    #: json, text, or auto (from_env's default: text when stderr is a terminal, else json).
     log_format: str = "json"
+    #: gRPC TLS (env RELAY_TLS_CERT_FILE, RELAY_TLS_KEY_FILE, RELAY_TLS_CLIENT_CA_FILE): with a
+    #: certificate and key every role listens with TLS only; a client CA also requires client certificates.
+    tls: ServerTLS = field(default_factory=ServerTLS)
+    #: TLS files for rediss:// URLs (env RELAY_REDIS_TLS_CA_FILE, _CERT_FILE, _KEY_FILE).
+    redis_tls: RedisTLS = field(default_factory=RedisTLS)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -81,7 +89,17 @@ class Settings:
                 float(env.get("RELAY_BACKFILL_LATENCY_CEILING_MS", "25")) / 1000
             ),
             "log_level": env.get("RELAY_LOG_LEVEL", "INFO").upper(),
-            "log_format": env.get("RELAY_LOG_FORMAT", "json"),
+            "log_format": env.get("RELAY_LOG_FORMAT", "").strip().lower() or "auto",
+            "tls": ServerTLS(
+                env.get("RELAY_TLS_CERT_FILE", ""),
+                env.get("RELAY_TLS_KEY_FILE", ""),
+                env.get("RELAY_TLS_CLIENT_CA_FILE", ""),
+            ),
+            "redis_tls": RedisTLS(
+                env.get("RELAY_REDIS_TLS_CA_FILE", ""),
+                env.get("RELAY_REDIS_TLS_CERT_FILE", ""),
+                env.get("RELAY_REDIS_TLS_KEY_FILE", ""),
+            ),
         }
         if env.get("RELAY_CREDENTIALS"):
             values["credentials_path"] = Path(env["RELAY_CREDENTIALS"])

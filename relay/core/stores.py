@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import NoPermissionError, ResponseError
+
+from relay.core import redis_client
+from relay.core.redis_client import RedisTLS
 
 log = logging.getLogger("relay.stores")
-
-#: What Relay's clients wait for a reply before they give up on a connection.
-SOCKET_TIMEOUT_SECONDS = 10.0
-CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 class Topology(StrEnum):
@@ -71,47 +71,54 @@ class Stores:
             await self.legacy.aclose()
 
 
-async def is_cluster_node(url: str) -> bool:
+async def is_cluster_node(url: str, tls: RedisTLS | None = None) -> bool:
     """Whether the Redis at ``url`` runs in cluster mode."""
-    probe = Redis.from_url(
-        url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS
-    )
+    probe = redis_client.connect(url, tls)
     try:
-        info = await probe.info("cluster")
+        try:
+            info = await probe.info("cluster")
+            return bool(int(info.get("cluster_enabled", 0)))
+        except NoPermissionError:
+            pass  # an ACL user without INFO: CLUSTER INFO tells as well
+        try:
+            await probe.execute_command("CLUSTER", "INFO")
+            return True
+        except NoPermissionError:
+            log.warning(
+                "this Redis user may run neither INFO nor CLUSTER INFO: taking the store for a single Redis "
+                "(allow +info or +cluster|info to have a cluster detected)",
+                extra={"reason": "noperm-cluster-info"},
+            )
+            return False
+        except ResponseError:  # "cluster support disabled"
+            return False
     finally:
         await probe.aclose()
-    return bool(int(info.get("cluster_enabled", 0)))
 
 
-def single_client(url: str) -> Redis:
-    return Redis.from_url(
-        url,
-        socket_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        health_check_interval=30,
-    )
+def single_client(url: str, tls: RedisTLS | None = None, what: str = "REDIS_URL") -> Redis:
+    return redis_client.connect(url, tls, what=what)
 
 
-async def cluster_client(url: str) -> RedisCluster:
-    client = RedisCluster.from_url(
-        url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS
-    )
+async def cluster_client(url: str, tls: RedisTLS | None = None) -> RedisCluster:
+    """A cluster client that finds every node from any one; ``rediss://`` and ACL users as for one Redis."""
+    client = redis_client.connect_cluster(url, tls)
     await client.initialize()
     return client
 
 
-async def open_stores(redis_url: str, legacy_url: str = "") -> Stores:
+async def open_stores(redis_url: str, legacy_url: str = "", tls: RedisTLS | None = None) -> Stores:
     """Connect to the configured stores, detecting a cluster, and refuse what cannot work."""
-    new_is_cluster = await is_cluster_node(redis_url)
+    new_is_cluster = await is_cluster_node(redis_url, tls)
     if legacy_url and legacy_url != redis_url:
-        if await is_cluster_node(legacy_url):
+        if await is_cluster_node(legacy_url, tls):
             raise TopologyError(
                 "RELAY_LEGACY_REDIS_URL names a Redis Cluster node: the legacy layout cannot live in a "
                 "cluster (its keys carry no workspace, so its multi-key steps would cross slots). Point it "
                 "at the single Redis that holds the ai:jobs:* keys"
             )
-        new = await cluster_client(redis_url) if new_is_cluster else single_client(redis_url)
-        stores = Stores(new, single_client(legacy_url))
+        new = await cluster_client(redis_url, tls) if new_is_cluster else single_client(redis_url, tls)
+        stores = Stores(new, single_client(legacy_url, tls, what="RELAY_LEGACY_REDIS_URL"))
     elif new_is_cluster:
         raise TopologyError(
             "REDIS_URL names a Redis Cluster node but RELAY_LEGACY_REDIS_URL is not set: the legacy layout "
@@ -119,6 +126,6 @@ async def open_stores(redis_url: str, legacy_url: str = "") -> Stores:
             "ai:jobs:* keys (the new layout and Relay's state go to the cluster)"
         )
     else:
-        stores = Stores.single(single_client(redis_url))
+        stores = Stores.single(single_client(redis_url, tls))
     log.info("redis topology", extra={"topology": stores.topology.value})
     return stores

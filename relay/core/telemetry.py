@@ -1,4 +1,5 @@
-"""Metrics: one OpenTelemetry MeterProvider per process, exported for Prometheus on ``/metrics``.
+"""Metrics: one OpenTelemetry MeterProvider per process, exported for Prometheus on ``/metrics``, and
+pushed over OTLP too when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``) is set.
 
 Names and labels are the old system's where it had them (``relay_backfill_*_total{workspace_id}``,
 ``relay_backfill_duration_seconds``, ``relay_job_read_path_total{path}``), so its dashboards keep
@@ -9,19 +10,29 @@ Workspace labels are bounded by :class:`WorkspaceLabels`: an allow-list, else th
 traffic, and ``other`` for the rest. Gauges that describe state rather than events (the stage table, the
 running backfill) are observable gauges, read at scrape time from in-memory state: a scrape never
 touches Redis.
+
+The old system's five backfill metrics exist from the first event of a workspace's backfill: the first
+count for a workspace label adds 0 to every one of its series (scanned, migrated, errors, each skip
+reason), so ``rate()``, an "errors > 0" alert and ``absent()`` see a series at 0 rather than nothing.
+
+OTLP follows the standard variables: ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``, the default,
+or ``grpc``; ``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`` wins), ``OTEL_METRIC_EXPORT_INTERVAL`` (ms, default
+60000) and the exporters' own (headers, certificates, timeout, ``OTEL_EXPORTER_OTLP_INSECURE``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
@@ -43,6 +54,9 @@ GLOBAL_STAGE_LABEL = GLOBAL_FIELD
 BACKFILL_STATES = ("running", "paused", "completed", "failed", "cancelled", "orphaned")
 #: The ``reason`` values of ``relay_backfill_skipped_total`` (the old system's exists|invalid, and ours).
 BACKFILL_SKIP_REASONS = ("exists", "newer", "invalid", "vanished")
+#: The skip reasons that start at 0 with a workspace's series: ours, and the old system's ``error``
+#: (kept at 0 for its dashboards: Relay counts a record that failed to copy in relay_backfill_errors_total).
+BACKFILL_ZERO_SKIP_REASONS = (*BACKFILL_SKIP_REASONS, "error")
 READ_PATHS = ("new", "old", "miss")
 
 
@@ -114,6 +128,21 @@ class WorkspaceLabels:
             return frozenset(self._own)
 
 
+class ZeroFirstCounter:
+    """A backfill counter whose first count for a workspace label first starts all of that label's
+    backfill series at 0 (see :meth:`Metrics.start_backfill_series`)."""
+
+    def __init__(self, counter: Counter, start: Callable[[str], None]):
+        self._counter = counter
+        self._start = start
+
+    def add(self, amount: float, attributes: dict[str, str] | None = None) -> None:
+        label = (attributes or {}).get("workspace_id")
+        if label is not None:
+            self._start(label)
+        self._counter.add(amount, attributes)
+
+
 @dataclass(frozen=True, slots=True)
 class BackfillGauges:
     """What the running (or last) backfill reports to ``/metrics``, read at scrape time."""
@@ -144,6 +173,8 @@ class Metrics:
     workspace_label: WorkspaceLabels
     _stage_views: list[HasStageTable] = field(default_factory=list)
     _backfill_watches: list[BackfillWatch] = field(default_factory=list)
+    _backfill_started: set[str] = field(default_factory=set)
+    _backfill_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         meter = self.provider.get_meter("relay")
@@ -151,10 +182,17 @@ class Metrics:
         h = meter.create_histogram
         g = meter.create_observable_gauge
         # --- the old system's names ----------------------------------------------------------
-        self.backfill_scanned = c("relay_backfill_scanned", description="Legacy keys examined")
-        self.backfill_migrated = c("relay_backfill_migrated", description="Legacy records copied")
-        self.backfill_skipped = c("relay_backfill_skipped", description="Legacy records skipped, by reason")
-        self.backfill_errors = c("relay_backfill_errors", description="Legacy records that failed to copy")
+        self._backfill_counters = (
+            c("relay_backfill_scanned", description="Legacy keys examined"),
+            c("relay_backfill_migrated", description="Legacy records copied"),
+            c("relay_backfill_errors", description="Legacy records that failed to copy"),
+        )
+        self._backfill_skipped = c("relay_backfill_skipped", description="Legacy records skipped, by reason")
+        start = self.start_backfill_series
+        self.backfill_scanned, self.backfill_migrated, self.backfill_errors = (
+            ZeroFirstCounter(counter, start) for counter in self._backfill_counters
+        )
+        self.backfill_skipped = ZeroFirstCounter(self._backfill_skipped, start)
         self.backfill_duration = h(
             "relay_backfill_duration_seconds", unit="s", description="Time to copy one backfill batch"
         )
@@ -191,11 +229,28 @@ class Metrics:
         for path in READ_PATHS:
             self.read_path.add(0, {"path": path})
         for workspace_id in sorted(self.workspace_label.allow_list):
-            ws = {"workspace_id": workspace_id}
-            for counter in (self.backfill_scanned, self.backfill_migrated, self.backfill_errors):
+            self.start_backfill_series(workspace_id)
+
+    def start_backfill_series(self, label: str) -> None:
+        """Every backfill series of one workspace label at 0 (once per label; later calls do nothing)."""
+        if label in self._backfill_started:
+            return
+        with self._backfill_lock:
+            if label in self._backfill_started:
+                return
+            ws = {"workspace_id": label}
+            for counter in self._backfill_counters:
                 counter.add(0, ws)
-            for reason in BACKFILL_SKIP_REASONS:
-                self.backfill_skipped.add(0, {**ws, "reason": reason})
+            for reason in BACKFILL_ZERO_SKIP_REASONS:
+                self._backfill_skipped.add(0, {**ws, "reason": reason})
+            self._backfill_started.add(label)
+
+    def shutdown(self) -> None:
+        """Stop the provider: a last push to OTLP when one is configured (at most a few seconds)."""
+        try:
+            self.provider.shutdown(timeout_millis=5000)
+        except Exception as exc:  # an unreachable collector must not turn a clean exit into a crash
+            log.warning("metrics shutdown failed: %s", type(exc).__name__)
 
     def ws(self, workspace_id: str) -> str:
         """The label value for one observation of ``workspace_id``'s traffic."""
@@ -269,9 +324,52 @@ class Metrics:
         return observe
 
 
-def build_metrics(allow: Iterable[str] = (), top_n: int = 20, service: str = "relay") -> Metrics:
+def otlp_reader(env: dict[str, str] | None = None) -> MetricReader | None:
+    """The OTLP push reader the standard variables ask for, or None when no endpoint is set."""
+    env = dict(os.environ if env is None else env)
+    signal_endpoint = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip()
+    base_endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not (signal_endpoint or base_endpoint):
+        return None
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
+    ).strip() or "http/protobuf"
+    # The endpoint is passed as the standard says it is read; headers, certificates, compression and
+    # timeout the exporters read from the environment themselves.
+    exporter: Any
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+        exporter = Grpc(endpoint=signal_endpoint or base_endpoint)
+    elif protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+        # A base endpoint gets the signal's path; a metrics endpoint is used as it is.
+        exporter = Http(endpoint=signal_endpoint or base_endpoint.rstrip("/") + "/v1/metrics")
+    else:
+        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or http/protobuf, not {protocol!r}")
+    interval = env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
+    reader = PeriodicExportingMetricReader(
+        exporter, export_interval_millis=float(interval) if interval else 60_000.0
+    )
+    log.info("pushing metrics over OTLP (%s) every %s ms", protocol, interval or "60000")
+    return reader
+
+
+def build_metrics(
+    allow: Iterable[str] = (),
+    top_n: int = 20,
+    service: str = "relay",
+    env: dict[str, str] | None = None,
+) -> Metrics:
+    """The process's metrics: the Prometheus registry, and OTLP push when ``env`` (default: the
+    process environment) sets an OTLP endpoint."""
     registry = CollectorRegistry(auto_describe=True)
     reader = PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=registry)
+    readers: list[MetricReader] = [reader]
+    pushed = otlp_reader(env)
+    if pushed is not None:
+        readers.append(pushed)
     views = [
         View(
             instrument_name="*duration_seconds",
@@ -279,7 +377,7 @@ def build_metrics(allow: Iterable[str] = (), top_n: int = 20, service: str = "re
         )
     ]
     provider = MeterProvider(
-        metric_readers=[reader], views=views, resource=Resource.create({"service.name": service})
+        metric_readers=readers, views=views, resource=Resource.create({"service.name": service})
     )
     return Metrics(provider=provider, registry=registry, workspace_label=WorkspaceLabels(allow, top_n))
 
