@@ -8,7 +8,7 @@ hold the record in Redis, ``events`` carries progress to every watcher.
 from relay.controller.backfill.engine import BackfillEngine
 from relay.controller.backfill.rpcs import BackfillRpcs
 from relay.controller.backfill.runner import BackfillRunner
-from relay.controller.backfill.state import BackfillOptions, BackfillRecord, Counts
+from relay.controller.backfill.state import BackfillOptions, BackfillRecord, BackfillState, Counts
 from relay.controller.backfill.store import BackfillStore, Fenced
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "BackfillRecord",
     "BackfillRpcs",
     "BackfillRunner",
+    "BackfillState",
     "BackfillStore",
     "Counts",
     "Fenced",

@@ -13,6 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from google.protobuf import duration_pb2
@@ -28,8 +29,20 @@ MAX_BATCH_SIZE = 10_000
 #: Invalid legacy records listed by id, at most.
 INVALID_IDS_KEPT = 100
 
-RUNNING, PAUSED, ORPHANED = "RUNNING", "PAUSED", "ORPHANED"
-COMPLETED, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
+
+class BackfillState(StrEnum):
+    """The lifecycle of a backfill, as stored in Redis (the value) and shown (``STATE_TO_PROTO``)."""
+
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    ORPHANED = "ORPHANED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+RUNNING, PAUSED, ORPHANED = BackfillState.RUNNING, BackfillState.PAUSED, BackfillState.ORPHANED
+COMPLETED, FAILED, CANCELLED = BackfillState.COMPLETED, BackfillState.FAILED, BackfillState.CANCELLED
 UNFINISHED = frozenset({RUNNING, PAUSED, ORPHANED})
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
 STATE_TO_PROTO = {

@@ -5,8 +5,8 @@ kinds; ``rpcs`` converts to protobuf.
 """
 
 from relay.controller.sweep.cleaner import Cleaner
-from relay.controller.sweep.loop import Sweep, SweepRun
+from relay.controller.sweep.loop import Sweep, SweepRun, SweepState
 from relay.controller.sweep.reverse_copier import ReverseCopier
 from relay.controller.sweep.rpcs import CleanupRpcs
 
-__all__ = ["Cleaner", "CleanupRpcs", "ReverseCopier", "Sweep", "SweepRun"]
+__all__ = ["Cleaner", "CleanupRpcs", "ReverseCopier", "Sweep", "SweepRun", "SweepState"]

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 from redis.asyncio import Redis
 
@@ -37,6 +38,15 @@ RESTARTED = (
 log = logging.getLogger("relay.migration")
 
 
+class SweepState(StrEnum):
+    """The lifecycle of a cleanup or reverse copy, as stored in Redis (the value)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"  # asked to stop (max_keys, a refusal, the caller went away): resume continues
+
+
 @dataclass
 class SweepRun:
     """The state of one cleanup or reverse copy; ``done`` counts keys deleted or records copied."""
@@ -47,7 +57,7 @@ class SweepRun:
     rate_limit: float = 0.0
     batch_size: int = DEFAULT_BATCH
     max_keys: int = 0
-    state: str = "running"  # running | completed | failed | stopped
+    state: str = SweepState.RUNNING
     phase: str = "jobs"
     cursor: int = 0
     scanned: int = 0
@@ -74,7 +84,7 @@ class SweepRun:
 
     @property
     def percent_done(self) -> float:
-        if self.state == "completed":
+        if self.state == SweepState.COMPLETED:
             return 100.0
         if self.total_estimate <= 0:
             return 0.0
@@ -191,7 +201,7 @@ class Sweep:
             except FailedPrecondition as refusal:
                 run.reason = f"dry run; an execute would be refused now: {refusal.message}"
         try:
-            run.state = "running"
+            run.state = SweepState.RUNNING
             current = await redis_run_id(self._redis)
             if run.run_id and current != run.run_id:
                 self._begin_again(run)  # resumed after a Redis restart: its cursor means nothing now
@@ -204,7 +214,7 @@ class Sweep:
             while run.phase != "done":
                 reason = await self._stop_reason(run, lease)
                 if reason:
-                    run.state, run.reason = "stopped", reason
+                    run.state, run.reason = SweepState.STOPPED, reason
                     await self._save(run)
                     log.info(f"{self.kind} {run.operation_id} stopped", extra={"reason": reason})
                     yield "stopped", run
@@ -213,7 +223,7 @@ class Sweep:
                 if await redis_run_id(self._redis) != run.run_id:
                     # Keys the old cursor had not reached are unknown: never report such a run complete.
                     self._begin_again(run)
-                    run.state, run.reason = "failed", RESTARTED
+                    run.state, run.reason = SweepState.FAILED, RESTARTED
                     await self._save(run)
                     log.warning(f"{self.kind} {run.operation_id} failed: Redis restarted")
                     yield "failed", run
@@ -222,7 +232,7 @@ class Sweep:
                 run.rate = (run.scanned - scanned_before) / max(time.monotonic() - began, 1e-6)
                 await self._save(run)
                 yield "progress", run
-            run.state, run.ended_at = "completed", await redis_now(self._redis)
+            run.state, run.ended_at = SweepState.COMPLETED, await redis_now(self._redis)
             if not run.dry_run:
                 pipe = self._redis.pipeline(transaction=True)
                 pipe.set(self.last_key, run.to_json())
@@ -232,12 +242,12 @@ class Sweep:
             log.info(f"{self.kind} {run.operation_id} completed: {run.done} done, {run.kept_valid} kept")
             yield "completed", run
         except (asyncio.CancelledError, GeneratorExit):
-            run.state, run.reason = "stopped", "the caller went away; resume to continue"
+            run.state, run.reason = SweepState.STOPPED, "the caller went away; resume to continue"
             with contextlib.suppress(Exception):
                 await self._save(run)
             raise
         except Exception as exc:
-            run.state, run.reason = "failed", f"{type(exc).__name__}; resume to continue"
+            run.state, run.reason = SweepState.FAILED, f"{type(exc).__name__}; resume to continue"
             with contextlib.suppress(Exception):
                 await self._save(run)
             raise

@@ -12,17 +12,17 @@ from relay.controller.base import ControllerBase, stamp
 from relay.controller.stages.control import StageControl
 from relay.controller.stages.rpcs import rule_limits
 from relay.controller.sweep.cleaner import Cleaner
-from relay.controller.sweep.loop import Sweep, SweepRun
+from relay.controller.sweep.loop import Sweep, SweepRun, SweepState
 from relay.controller.sweep.reverse_copier import ReverseCopier
 from relay.core.ids import check_workspace_id
 from relay.core.rpc_errors import rpc_method
 from relay.v1 import cleanup_pb2 as pb
 
 STATES = {
-    "running": pb.CLEANUP_STATE_RUNNING,
-    "completed": pb.CLEANUP_STATE_COMPLETED,
-    "failed": pb.CLEANUP_STATE_FAILED,
-    "stopped": pb.CLEANUP_STATE_INTERRUPTED,
+    SweepState.RUNNING: pb.CLEANUP_STATE_RUNNING,
+    SweepState.COMPLETED: pb.CLEANUP_STATE_COMPLETED,
+    SweepState.FAILED: pb.CLEANUP_STATE_FAILED,
+    SweepState.STOPPED: pb.CLEANUP_STATE_INTERRUPTED,
 }
 KINDS = {
     "started": pb.CLEANUP_EVENT_KIND_STARTED,

@@ -9,17 +9,17 @@ from collections.abc import AsyncIterator
 import grpc
 
 from relay.controller.base import ControllerBase, stamp
-from relay.controller.verify.verifier import VerificationRun, Verifier
+from relay.controller.verify.verifier import VerificationRun, VerificationState, Verifier
 from relay.core.errors import NotFound
 from relay.core.ids import check_workspace_id
 from relay.core.rpc_errors import rpc_method
 from relay.v1 import verification_pb2 as pb
 
 STATES = {
-    "running": pb.VERIFICATION_STATE_RUNNING,
-    "completed": pb.VERIFICATION_STATE_COMPLETED,
-    "failed": pb.VERIFICATION_STATE_FAILED,
-    "interrupted": pb.VERIFICATION_STATE_INTERRUPTED,
+    VerificationState.RUNNING: pb.VERIFICATION_STATE_RUNNING,
+    VerificationState.COMPLETED: pb.VERIFICATION_STATE_COMPLETED,
+    VerificationState.FAILED: pb.VERIFICATION_STATE_FAILED,
+    VerificationState.INTERRUPTED: pb.VERIFICATION_STATE_INTERRUPTED,
 }
 KINDS = {
     "started": pb.VERIFICATION_EVENT_KIND_STARTED,

@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 from redis.asyncio import Redis
 
@@ -50,6 +51,15 @@ RESTARTED = (
     "Redis restarted (run_id changed) during the verification: a SCAN cursor does not survive a restart, "
     "so its coverage is unknown; resume to verify again from the start"
 )
+
+
+class VerificationState(StrEnum):
+    """The lifecycle of a verification, as stored in Redis (the value)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the caller went away: resume continues
 
 
 @dataclass
@@ -82,7 +92,7 @@ class VerificationRun:
     workspace_id: str = ""
     rate_limit: float = 0.0
     batch_size: int = DEFAULT_BATCH
-    state: str = "running"  # running | completed | failed | interrupted
+    state: str = VerificationState.RUNNING
     phase: str = "legacy"  # legacy | new | done
     cursor: int = 0
     scanned_legacy: int = 0
@@ -98,15 +108,17 @@ class VerificationRun:
 
     @property
     def clean(self) -> bool:
-        return self.state == "completed" and all(c.clean for c in self.workspaces.values())
+        return self.state == VerificationState.COMPLETED and all(c.clean for c in self.workspaces.values())
 
     @property
     def legacy_covered(self) -> bool:
-        return self.state == "completed" and all(c.legacy_covered for c in self.workspaces.values())
+        return self.state == VerificationState.COMPLETED and all(
+            c.legacy_covered for c in self.workspaces.values()
+        )
 
     @property
     def percent_done(self) -> float:
-        if self.state == "completed":
+        if self.state == VerificationState.COMPLETED:
             return 100.0
         if self.total_estimate <= 0:
             return 0.0
@@ -159,7 +171,7 @@ class Verifier:
         run = await self._prepare(workspace_id, rate_limit, batch_size, resume)
         lease = await take_operation_lease(self._redis, run.verification_id)
         try:
-            run.state, run.reason = "running", ""
+            run.state, run.reason = VerificationState.RUNNING, ""
             current = await redis_run_id(self._redis)
             if run.run_id and current != run.run_id:
                 await self._begin_again(run)  # resumed after a Redis restart: its cursor means nothing now
@@ -169,7 +181,10 @@ class Verifier:
             bucket = TokenBucket(run.rate_limit)
             while run.phase != "done":
                 if lease.lost.is_set():
-                    run.state, run.reason = "failed", "lost the operation lease; resume to continue"
+                    run.state, run.reason = (
+                        VerificationState.FAILED,
+                        "lost the operation lease; resume to continue",
+                    )
                     await self._save(run)
                     yield "failed", run
                     return
@@ -177,7 +192,7 @@ class Verifier:
                 if await redis_run_id(self._redis) != run.run_id:
                     # Keys the old cursor had not reached are unknown: never report such a run clean.
                     await self._begin_again(run)
-                    run.state, run.reason = "failed", RESTARTED
+                    run.state, run.reason = VerificationState.FAILED, RESTARTED
                     await self._save(run)
                     yield "failed", run
                     return
@@ -187,7 +202,7 @@ class Verifier:
             log.info(f"verification {run.verification_id} completed", extra={"reason": f"clean={run.clean}"})
             yield "completed", run
         except (asyncio.CancelledError, GeneratorExit):
-            run.state, run.reason = "interrupted", "the caller went away; resume to continue"
+            run.state, run.reason = VerificationState.INTERRUPTED, "the caller went away; resume to continue"
             with contextlib.suppress(Exception):
                 await self._save(run)
             raise
@@ -232,7 +247,7 @@ class Verifier:
         await self._redis.set(self._keys.verification_current, run.to_json())
 
     async def _finish(self, run: VerificationRun) -> None:
-        run.state, run.ended_at = "completed", await redis_now(self._redis)
+        run.state, run.ended_at = VerificationState.COMPLETED, await redis_now(self._redis)
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(self._keys.verification_last, run.to_json())
         pipe.delete(self._keys.verification_current)
