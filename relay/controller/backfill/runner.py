@@ -38,8 +38,9 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill.batch import Batch, BatchCopier, BatchReader, CopyReply
+from relay.controller.backfill.batch import Batch, BatchReader, CopyReply
 from relay.controller.backfill.events import EventHub, make_event
+from relay.controller.backfill.split_batch import batch_copier
 from relay.controller.backfill.state import (
     CANCELLED,
     COMPLETED,
@@ -63,6 +64,7 @@ from relay.core import codec
 from relay.core.config import Settings
 from relay.core.keys import KEYS, KeyLayout
 from relay.core.rpc_errors import TRANSIENT_STORE_ERRORS
+from relay.core.stores import Stores
 from relay.core.telemetry import Metrics
 from relay.v1 import backfill_pb2 as pb
 
@@ -114,6 +116,7 @@ class BackfillRunner:
         lease: Lease | None,
         first: tuple[pb.BackfillEventKind.ValueType, str],
         keys: KeyLayout = KEYS,
+        stores: Stores | None = None,
     ):
         self.record = record
         self.dry = record.options.dry_run
@@ -123,8 +126,10 @@ class BackfillRunner:
         self._metrics = metrics
         self._lease = lease
         self._first = first
-        self._reader = BatchReader(redis, record.options.workspace_id, keys)
-        self._copier = BatchCopier(redis, keys)
+        # In a split topology the legacy records are scanned on their own Redis (see split_batch).
+        legacy = stores.legacy if stores is not None else redis
+        self._reader = BatchReader(legacy, record.options.workspace_id, keys)
+        self._copier = batch_copier(redis, stores, keys)
         self._brake = LatencyBrake(settings.backfill_latency_ceiling_seconds)
         self._bucket = TokenBucket(0)
         self._wake = asyncio.Event()
