@@ -106,6 +106,7 @@ async def test_status_updates_racing_the_backfill_are_never_lost(start_split_rel
     queue: asyncio.Queue[str] = asyncio.Queue()
     for job_id in targets:
         queue.put_nowait(job_id)
+    during: list[str] = []  # updates acknowledged while the backfill still ran
 
     async def worker() -> None:
         while not queue.empty():
@@ -117,6 +118,8 @@ async def test_status_updates_racing_the_backfill_are_never_lost(start_split_rel
                 result=struct_pb2.Value(string_value=f"done {job_id}"),
             )
             await relay.jobs.UpdateJobStatus(request, metadata=keys.md("worker"))
+            if not running.done():
+                during.append(job_id)
 
     await asyncio.gather(*(worker() for _ in range(16)))
     events = await running
@@ -131,6 +134,7 @@ async def test_status_updates_racing_the_backfill_are_never_lost(start_split_rel
             lost.append(job_id)
     assert lost == []
     assert await split.new.zcard(KEYS.job_index("ws-a")) == 2000
+    assert len(during) >= 200, "the updates raced the backfill"
 
 
 async def test_a_backfill_killed_mid_run_resumes_with_exact_counts(split, keys_file):
