@@ -176,9 +176,11 @@ async def test_a_backfill_killed_mid_run_resumes_with_exact_counts(split, keys_f
                 bpb.WatchBackfillRequest(backfill_id=backfill_id), metadata=keys_file[1].md("admin")
             )
             final = (await events_of(stream))[-1].backfill.progress
+            resumes = await split.new.hget(KEYS.backfill(backfill_id), "resumes")
     finally:
         first.stop()
         second.stop()
+    assert int(resumes or 0) == 1, "the second controller took over from the checkpoint"
     assert counts_add_up(final)
     assert final.scanned == valid + len(invalid) + 1
     assert final.migrated == valid, final

@@ -22,12 +22,14 @@ from tests.topologies.split_support import backfill, record
 WORKSPACES = ("ws-a", "ws-b")
 
 
-async def _seed(split, count: int, status: str = "completed") -> dict[str, str]:
-    """``count`` legacy records over two workspaces: job id -> workspace."""
+async def _seed(
+    split, count: int, status: str = "completed", workspaces: tuple[str, ...] = WORKSPACES
+) -> dict[str, str]:
+    """``count`` legacy records over ``workspaces``: job id -> workspace."""
     out = {}
     pipe = split.legacy.pipeline(transaction=False)
     for n in range(count):
-        job_id, ws = str(uuid.uuid4()), WORKSPACES[n % 2]
+        job_id, ws = str(uuid.uuid4()), workspaces[n % len(workspaces)]
         pipe.hset(KEYS.legacy_job(job_id), mapping=legacy_record(job_id, ws, n, status=status))
         out[job_id] = ws
     await pipe.execute()
@@ -42,7 +44,11 @@ def _owed_far_ahead(job_id: str) -> str:
 async def test_verify_is_clean_after_a_backfill_and_reports_differences_and_owed_writes(
     start_split_relay, split, keys
 ):
-    jobs = await _seed(split, 300)
+    spread = tuple(f"ws-{n}" for n in range(9))
+    jobs = await _seed(split, 300, workspaces=spread)
+    if split.kind == "cluster":  # the records land on more than one primary: each must be scanned
+        nodes = {split.new.get_node_from_key(KEYS.new_job(ws, "x")).name for ws in spread}
+        assert len(nodes) > 1
     relay = await start_split_relay(stage=Stage.DUAL_WRITE, stage_settle_seconds=SETTLE)
     md = keys.md("admin")
     assert (await backfill(relay.controller, md, batch_size=64))[-1].backfill.progress.migrated == 300
@@ -57,7 +63,7 @@ async def test_verify_is_clean_after_a_backfill_and_reports_differences_and_owed
     await split.new.delete(KEYS.new_job(jobs[missing], missing))
     only_new = str(uuid.uuid4())
     await split.new.hset(KEYS.new_job("ws-b", only_new), mapping=legacy_record(only_new, "ws-b"))
-    await split.legacy.hset(KEYS.legacy_outbox, f"ws-a:{differing}", _owed_far_ahead(differing))
+    await split.legacy.hset(KEYS.legacy_outbox, f"{jobs[differing]}:{differing}", _owed_far_ahead(differing))
     result = (await verify(relay.controller, md))[-1].verification
     assert not result.clean and result.outbox_pending == 1
     by_ws = {w.workspace_id: w for w in result.workspaces}
