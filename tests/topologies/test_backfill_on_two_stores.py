@@ -83,7 +83,6 @@ async def test_a_dry_run_writes_nothing_in_either_store(start_split_relay, split
     await seed_clean(split.legacy, 300)
     await _invalid(split, 3)
     relay = await start_split_relay(stage=Stage.DUAL_WRITE, role="controller")
-    await asyncio.sleep(0)  # the controller's own start-up writes (none to the job keys) are done
     before = await snapshot(split.legacy), await snapshot(split.new)
     events = await backfill(relay.controller, keys.md("admin"), batch_size=50, dry_run=True)
     assert events[-1].kind == bpb.BACKFILL_EVENT_KIND_COMPLETED, events[-1].reason
@@ -193,3 +192,33 @@ async def test_a_backfill_killed_mid_run_resumes_with_exact_counts(split, keys_f
         if not await split.new.exists(KEYS.new_job(ws, job_id))
     ]
     assert missing == []
+
+
+async def test_pause_resume_and_a_rate_limit_work_as_on_one_store(start_split_relay, split, keys):
+    await seed_clean(split.legacy, 900)
+    relay = await start_split_relay(stage=Stage.DUAL_WRITE, role="controller")
+    md = keys.md("admin")
+    stream = relay.controller.StartBackfill(bpb.StartBackfillRequest(rate_limit=1500), metadata=md)
+    started = await anext(aiter(stream))
+    backfill_id = started.backfill_id
+
+    async def scanned_some() -> bool:
+        return int(await split.new.hget(KEYS.backfill(backfill_id), "scanned") or 0) >= 100
+
+    await wait_until(scanned_some)
+    paused = await relay.controller.PauseBackfill(
+        bpb.PauseBackfillRequest(backfill_id=backfill_id), metadata=md
+    )
+    assert paused.state == bpb.BACKFILL_STATE_PAUSED
+    resumed = await relay.controller.ResumeBackfill(
+        bpb.ResumeBackfillRequest(backfill_id=backfill_id), metadata=md
+    )
+    assert resumed.state == bpb.BACKFILL_STATE_RUNNING
+    rest = await events_of(stream)
+    kinds = [e.kind for e in rest]
+    assert bpb.BACKFILL_EVENT_KIND_PAUSED in kinds and bpb.BACKFILL_EVENT_KIND_RESUMED in kinds
+    assert rest[-1].kind == bpb.BACKFILL_EVENT_KIND_COMPLETED
+    final = rest[-1].backfill.progress
+    assert (final.scanned, final.migrated) == (900, 900)
+    seconds = (rest[-1].time.ToNanoseconds() - started.time.ToNanoseconds()) / 1e9
+    assert 900 / seconds <= 1500 * 1.1  # the rate limit holds
