@@ -19,6 +19,7 @@ A dry run runs steps 1 and 2 read-only (EVALSHA_RO) and writes nothing in either
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ APPLIED_TTL_SECONDS = 7 * 24 * 3600
 #: Times a record that keeps changing under the validation is copied again before it is left to the
 #: next backfill (each later copy is as safe as the first; only its freshness is at stake).
 RECOPIES = 3
+#: Workspaces of one batch written concurrently.
+WORKSPACES_AT_ONCE = 16
 COUNT_OF = {
     "m": "migrated",
     "e": "skipped_exists",
@@ -159,7 +162,8 @@ class SplitBatchCopier:
         for entry in planned:
             groups.setdefault(entry.item.workspace_id, []).append(entry)
         written: list[_Planned] = []
-        for workspace_id, entries in groups.items():
+
+        async def one(workspace_id: str, entries: list[_Planned]) -> None:
             keys: list[str | bytes] = [
                 k.backfill_applied(workspace_id, backfill_id),
                 k.job_index(workspace_id),
@@ -175,14 +179,20 @@ class SplitBatchCopier:
                     str(len(entry.record)),
                     *_flat(entry.record),
                 ]
-            if dry:
-                letters, acts = await self._new.call_ro(BACKFILL_COPY_WORKSPACE, keys, args)
-            else:
-                letters, acts = await self._new.call(BACKFILL_COPY_WORKSPACE, keys, args)
+            call = self._new.call_ro if dry else self._new.call
+            letters, acts = await call(BACKFILL_COPY_WORKSPACE, keys, args)
             for entry, letter, act in zip(entries, letters.decode(), acts.decode(), strict=True):
                 outcomes[entry.position] = letter
                 if act == "c":
                     written.append(entry)
+
+        # A batch of many small workspaces is many round trips: send a few at once (to other primaries,
+        # or on other connections), so the batch waits for the slowest, not for their sum.
+        pending = list(groups.items())
+        for start in range(0, len(pending), WORKSPACES_AT_ONCE):
+            await asyncio.gather(
+                *(one(ws, entries) for ws, entries in pending[start : start + WORKSPACES_AT_ONCE])
+            )
         return written
 
     # --- step 3: validate what was written -------------------------------------------------------
