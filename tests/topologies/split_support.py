@@ -6,7 +6,6 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
-from relay.core.keys import KEYS
 from relay.v1 import backfill_pb2 as bpb
 from tests.backfill_support import events_of
 
@@ -26,11 +25,3 @@ async def record(redis: Redis | RedisCluster, key: str) -> dict[str, str]:
 async def backfill(controller: Any, md: Any, **options: Any) -> list[bpb.BackfillEvent]:
     """Run a backfill through the controller RPC to its end; its events."""
     return await events_of(controller.StartBackfill(bpb.StartBackfillRequest(**options), metadata=md))
-
-
-async def new_copies(split: Any, ids_by_ws: dict[str, list[str]]) -> int:
-    n = 0
-    for ws, ids in ids_by_ws.items():
-        for job_id in ids:
-            n += await split.new.exists(KEYS.new_job(ws, job_id))
-    return n

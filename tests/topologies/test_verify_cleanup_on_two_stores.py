@@ -182,3 +182,25 @@ async def test_the_stage_walk_forward_to_legacy_cleaned_and_back(start_split_rel
     await walk(Stage.LEGACY_ONLY)
     for job_id in {**jobs, **written}:
         assert await split.legacy.exists(KEYS.legacy_job(job_id)), job_id
+
+
+async def test_reverse_copy_across_stores_only_moves_legacy_copies_forwards(start_split_relay, split, keys):
+    relay = await start_split_relay(stage=Stage.READ_NEW, role="controller")
+    base = legacy_record("x", "ws-a")
+    cases = {"only-new": None, "older": "1", "newer": "4", "same-rev-other-data": "3"}
+    for job_id, legacy_rev in cases.items():
+        await split.new.hset(
+            KEYS.new_job("ws-a", job_id), mapping={**base, "job_id": job_id, "rev": "3", "status": "failed"}
+        )
+        if legacy_rev is not None:
+            await split.legacy.hset(
+                KEYS.legacy_job(job_id), mapping={**base, "job_id": job_id, "rev": legacy_rev, "stale": "x"}
+            )
+    result = (await reverse_copy(relay.controller, keys.md("admin"), batch_size=2))[-1].cleanup
+    assert result.state == cpb.CLEANUP_STATE_COMPLETED
+    assert (result.done, result.kept_legacy_newer, result.kept_differing) == (2, 1, 1)
+    for job_id in ("only-new", "older"):
+        legacy = await record(split.legacy, KEYS.legacy_job(job_id))
+        assert legacy == await record(split.new, KEYS.new_job("ws-a", job_id))  # whole: "stale" is gone
+    assert (await record(split.legacy, KEYS.legacy_job("newer")))["rev"] == "4"
+    assert (await record(split.legacy, KEYS.legacy_job("same-rev-other-data")))["status"] == "pending"
