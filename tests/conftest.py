@@ -18,6 +18,7 @@ import grpc
 import pytest
 from redis.asyncio import Redis
 
+from harness.ports import free_port  # noqa: F401  (test modules import it from here)
 from harness.redis_server import DEBUG_COMMAND, RedisServer, RedisServerMissing
 from harness.redis_server import start_redis_server as harness_start_redis
 from relay import server

@@ -60,6 +60,11 @@ def show(result: pb.Verification, console: Console) -> None:
     )
     if result.reason:
         console.print(f"reason: {result.reason}")
+    if result.outbox_pending:
+        console.print(
+            f"outbox_pending: {result.outbox_pending:,} writes still owed to one of the two stores "
+            "(the controllers' repairer settles them within seconds)"
+        )
     for diff in result.workspaces:
         if diff.sample_job_ids:
             console.print(f"{diff.workspace_id} examples: {', '.join(diff.sample_job_ids[:5])}")

@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 
 from relay.controller.base import ControllerParts
+from relay.controller.repairer import OutboxRepairer
 from relay.controller.servicer import ControllerServicer
 from relay.core.auth import KeyRing
 from relay.core.config import Settings
@@ -30,4 +31,8 @@ async def add_controller(
     migration_controller_pb2_grpc.add_MigrationControllerServicer_to_server(servicer, server)
     await servicer.backfills.start()  # resumes orphaned backfills; stopped at shutdown
     background.append(servicer.backfills)
+    if not stores.shared:
+        repairer = OutboxRepairer(stores, settings.idempotency_ttl_seconds, metrics)
+        await repairer.start()
+        background.append(repairer)
     return migration_controller_pb2.DESCRIPTOR.services_by_name["MigrationController"].full_name

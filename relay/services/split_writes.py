@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -317,11 +318,15 @@ class SplitWrites:
         await self._stores.new.zadd(self._keys.outbox_workspaces, {workspace_id: now}, gt=True)
 
     # --- repair --------------------------------------------------------------------------------
-    async def repair_outboxes(self) -> int:
-        """Replay the replica writes that a crash left owed; returns how many were settled."""
+    async def repair_outboxes(self, min_age_seconds: float = 0.0) -> int:
+        """Replay the replica writes that a crash left owed; returns how many were settled. Entries whose
+        write began less than ``min_age_seconds`` ago are left: their writer is probably between steps."""
         settled = 0
+        young = time.time() - min_age_seconds
         entries = await self._stores.legacy.hgetall(self._keys.legacy_outbox)
         for field, entry in list(entries.items())[:REPAIRS_PER_PASS]:
+            if min_age_seconds and _written_at(entry) > young:
+                continue
             workspace_id, _, job_id = field.decode().partition(":")
             settled += await self._repair_one("legacy", workspace_id, job_id, field.decode(), entry)
         now = await _now_seconds(self._stores.new)
@@ -336,6 +341,8 @@ class SplitWrites:
                     await self._stores.new.zrem(self._keys.outbox_workspaces, raw_ws)
                 continue
             for field, entry in list(entries.items())[:REPAIRS_PER_PASS]:
+                if min_age_seconds and _written_at(entry) > young:
+                    continue
                 settled += await self._repair_one("new", workspace_id, field.decode(), field.decode(), entry)
         return settled
 
@@ -401,13 +408,33 @@ def _newest(copies: dict[str, Record], prefer_new: bool) -> Record:
 
 
 def _owed_entry(op: str, record: Record, crid: str, *, push_new: bool) -> str:
+    # ``t`` (when the write began) lets the repairer leave a writer between its steps alone. It is the
+    # record's enqueue time, so the entry settled is byte for byte the entry written.
+    when = codec.parse_time(record.get("enqueued_at"))
     return json.dumps(
-        {"op": op, "rev": codec.revision(record), "crid": crid, "push_new": push_new}, separators=(",", ":")
+        {
+            "op": op,
+            "rev": codec.revision(record),
+            "crid": crid,
+            "push_new": push_new,
+            "t": round(when.timestamp(), 3) if when else 0,
+        },
+        separators=(",", ":"),
     )
 
 
 def _owed_entry_of(record: Record) -> str:
-    return json.dumps({"op": "put", "rev": codec.revision(record)}, separators=(",", ":"))
+    return json.dumps(
+        {"op": "put", "rev": codec.revision(record), "t": round(time.time(), 3)}, separators=(",", ":")
+    )
+
+
+def _written_at(entry: bytes) -> float:
+    """When the write that left an outbox entry began (0: unknown, an entry from before ``t``)."""
+    try:
+        return float(json.loads(entry).get("t", 0) or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0.0
 
 
 async def _hgetall(redis: Redis | RedisCluster, key: str) -> Record | None:

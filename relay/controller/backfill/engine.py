@@ -58,6 +58,7 @@ from relay.controller.common.redis_run import redis_run_id
 from relay.core.config import Settings
 from relay.core.errors import FailedPrecondition, NotFound, Unavailable
 from relay.core.keys import KEYS, KeyLayout
+from relay.core.stores import Stores
 from relay.core.telemetry import BackfillGauges, Metrics
 from relay.v1 import backfill_pb2 as pb
 
@@ -85,9 +86,19 @@ class Run:
 
 
 class BackfillEngine:
-    def __init__(self, redis: Redis, settings: Settings, metrics: Metrics, keys: KeyLayout = KEYS):
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        metrics: Metrics,
+        keys: KeyLayout = KEYS,
+        stores: Stores | None = None,
+    ):
         self.controller_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}".replace("/", "_")
         self._redis = redis
+        self._stores = stores
+        # The scan's Redis: its run_id goes with the cursor, its size is the estimate.
+        self._scanned = stores.legacy if stores is not None else redis
         self._settings = settings
         self._metrics = metrics
         self._keys = keys
@@ -146,8 +157,8 @@ class BackfillEngine:
     async def _start_dry(self, options: BackfillOptions) -> AsyncIterator[pb.BackfillEvent]:
         record = BackfillRecord.new(new_backfill_id(), options, self.controller_id, token="")
         reason = await self._continue_previous(record)
-        record.run_id = record.run_id or await redis_run_id(self._redis)
-        record.total_estimate = await self._redis.dbsize()
+        record.run_id = record.run_id or await redis_run_id(self._scanned)
+        record.total_estimate = await self._scanned.dbsize()
         return self._spawn(
             record, None, pb.BACKFILL_EVENT_KIND_STARTED, reason or "dry run: nothing is written"
         )
@@ -171,8 +182,8 @@ class BackfillEngine:
             record = BackfillRecord.new(backfill_id, options, self.controller_id, secrets.token_hex(8))
             reason = await self._continue_previous(record)
             # The cursor is this Redis run's (or, continuing, the run the previous backfill scanned).
-            record.run_id = record.run_id or await redis_run_id(self._redis)
-            record.total_estimate = await self._redis.dbsize()
+            record.run_id = record.run_id or await redis_run_id(self._scanned)
+            record.total_estimate = await self._scanned.dbsize()
             if not await self.store.create(record, holder):
                 raise Unavailable("the backfill lease expired while starting; retry")
         except BaseException:
@@ -237,6 +248,7 @@ class BackfillEngine:
             lease=lease,
             first=(kind, reason),
             keys=self._keys,
+            stores=self._stores,
         )
         self._runs[record.backfill_id] = Run(runner, hub)
         self._runs.move_to_end(record.backfill_id)

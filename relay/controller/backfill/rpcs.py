@@ -26,7 +26,7 @@ from relay.v1 import backfill_pb2 as pb
 class BackfillRpcs(ControllerBase):
     def __init__(self, parts: ControllerParts):
         super().__init__(parts)
-        self.backfills = BackfillEngine(parts.redis, parts.settings, parts.metrics)
+        self.backfills = BackfillEngine(parts.redis, parts.settings, parts.metrics, stores=parts.stores)
 
     @rpc_method
     async def StartBackfill(

@@ -34,12 +34,13 @@ import time
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill.batch import Batch, BatchCopier, BatchReader, CopyReply
+from relay.controller.backfill.batch import Batch, BatchReader, CopyReply
 from relay.controller.backfill.continuation import Continuation
 from relay.controller.backfill.events import EventHub, make_event
 from relay.controller.backfill.pacing import Pacing
 from relay.controller.backfill.read_ahead import ReadAhead
 from relay.controller.backfill.retry import retrying, stop_task
+from relay.controller.backfill.split_batch import batch_copier
 from relay.controller.backfill.state import (
     CANCELLED,
     COMPLETED,
@@ -60,6 +61,7 @@ from relay.controller.stages.facts import record_backfill_completed
 from relay.core import codec
 from relay.core.config import Settings
 from relay.core.keys import KEYS, KeyLayout
+from relay.core.stores import Stores
 from relay.core.telemetry import Metrics
 from relay.v1 import backfill_pb2 as pb
 
@@ -94,6 +96,7 @@ class BackfillRunner:
         lease: Lease | None,
         first: tuple[pb.BackfillEventKind.ValueType, str],
         keys: KeyLayout = KEYS,
+        stores: Stores | None = None,
     ):
         self.record = record
         self.dry = record.options.dry_run
@@ -102,8 +105,10 @@ class BackfillRunner:
         self._store = store
         self._lease = lease
         self._first = first
-        self._reader = BatchReader(redis, record.options.workspace_id, keys)
-        self._copier = BatchCopier(redis, keys)
+        # In a split topology the legacy records are scanned on their own Redis (see split_batch).
+        legacy = stores.legacy if stores is not None else redis
+        self._reader = BatchReader(legacy, record.options.workspace_id, keys)
+        self._copier = batch_copier(redis, stores, keys)
         self._pacing = Pacing(record, redis, settings.backfill_latency_ceiling_seconds)
         self._wake = asyncio.Event()
         self._stopping = False

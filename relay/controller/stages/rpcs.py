@@ -9,6 +9,7 @@ import grpc
 
 from relay.controller.base import ControllerBase, stamp
 from relay.controller.stages.control import ScopeStage, StageControl
+from relay.controller.stages.outbox_rule import refuse_while_writes_owed
 from relay.controller.stages.rules import RuleLimits
 from relay.core.codec import parse_time
 from relay.core.config import Settings
@@ -81,6 +82,8 @@ class StageRpcs(ControllerBase):
             stage = Stage(request.stage)
             if request.shadow_reads and stage is not Stage.READ_NEW:
                 raise InvalidArgument("shadow_reads", "applies only to STAGE_READ_NEW")
+            assert self.parts.stores is not None
+            await refuse_while_writes_owed(self.parts.stores, workspace_id, stage)
             new, previous = await self.stage_control.set(workspace_id, stage, request.shadow_reads)
         log.info(
             "stage changed",

@@ -142,6 +142,13 @@ class Sweep:
     async def finished(self, run: SweepRun) -> None:
         """Record what a completed execute run establishes."""
 
+    async def _run_id(self) -> str:
+        """The run of the Redis whose SCAN cursor the checkpoint holds."""
+        return await redis_run_id(self._redis)
+
+    async def _key_count(self) -> int:
+        return await self._redis.dbsize()
+
     # --- the loop ----------------------------------------------------------------------------
     async def last(self) -> SweepRun | None:
         raw = await self._redis.get(self.last_key)
@@ -171,8 +178,8 @@ class Sweep:
                 max_keys=max_keys,
                 phase=self.phases[0],
                 started_at=await redis_now(self._redis),
-                total_estimate=await self._redis.dbsize(),
-                run_id=await redis_run_id(self._redis),
+                total_estimate=await self._key_count(),
+                run_id=await self._run_id(),
             )
         if dry_run:
             raise InvalidArgument("dry_run", "a dry run stores no checkpoint, so it cannot be resumed")
@@ -202,7 +209,7 @@ class Sweep:
                 run.reason = f"dry run; an execute would be refused now: {refusal.message}"
         try:
             run.state = SweepState.RUNNING
-            current = await redis_run_id(self._redis)
+            current = await self._run_id()
             if run.run_id and current != run.run_id:
                 self._begin_again(run)  # resumed after a Redis restart: its cursor means nothing now
             run.run_id = current
@@ -220,7 +227,7 @@ class Sweep:
                     yield "stopped", run
                     return
                 seen = await self.step(run)
-                if await redis_run_id(self._redis) != run.run_id:
+                if await self._run_id() != run.run_id:
                     # Keys the old cursor had not reached are unknown: never report such a run complete.
                     self._begin_again(run)
                     run.state, run.reason = SweepState.FAILED, RESTARTED

@@ -14,6 +14,8 @@ from relay.controller.stages.rpcs import rule_limits
 from relay.controller.sweep.cleaner import Cleaner
 from relay.controller.sweep.loop import Sweep, SweepRun, SweepState
 from relay.controller.sweep.reverse_copier import ReverseCopier
+from relay.controller.sweep.split_cleaner import SplitCleaner
+from relay.controller.sweep.split_reverse_copier import SplitReverseCopier
 from relay.core.ids import check_workspace_id
 from relay.core.rpc_errors import rpc_method
 from relay.v1 import cleanup_pb2 as pb
@@ -73,10 +75,16 @@ class CleanupRpcs(ControllerBase):
     def cleaner(self) -> Cleaner:
         settings = self.parts.settings
         control = StageControl(self.parts.redis, settings.default_stage, rule_limits(settings))
+        stores = self.parts.stores
+        if stores is not None and not stores.shared:
+            return SplitCleaner(stores, control)
         return Cleaner(self.parts.redis, control)
 
     @functools.cached_property
     def reverse_copier(self) -> ReverseCopier:
+        stores = self.parts.stores
+        if stores is not None and not stores.shared:
+            return SplitReverseCopier(stores)
         return ReverseCopier(self.parts.redis)
 
     @rpc_method

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from relay.controller.base import ControllerBase, stamp
+from relay.controller.verify.split_verifier import verifier_of
 from relay.controller.verify.verifier import VerificationRun, VerificationState, Verifier
 from relay.core.errors import NotFound
 from relay.core.ids import check_workspace_id
@@ -43,6 +44,7 @@ def verification_proto(run: VerificationRun) -> pb.Verification:
         reason=run.reason,
         phase=run.phase,
         total_estimate=run.total_estimate,
+        outbox_pending=run.outbox_pending,
     )
     for workspace_id in sorted(run.workspaces):
         counts = run.workspaces[workspace_id]
@@ -67,7 +69,8 @@ def verification_proto(run: VerificationRun) -> pb.Verification:
 class VerifyRpcs(ControllerBase):
     @functools.cached_property
     def verifier(self) -> Verifier:
-        return Verifier(self.parts.redis)
+        assert self.parts.stores is not None
+        return verifier_of(self.parts.stores)
 
     @rpc_method
     async def VerifyMigration(

@@ -105,10 +105,16 @@ class VerificationRun:
     reason: str = ""
     #: The Redis run (INFO server run_id) the cursor belongs to: a SCAN cursor does not survive a restart.
     run_id: str = ""
+    #: Writes still owed to one of two stores when it finished (split topologies; outbox entries).
+    outbox_pending: int = 0
 
     @property
     def clean(self) -> bool:
-        return self.state == VerificationState.COMPLETED and all(c.clean for c in self.workspaces.values())
+        return (
+            self.state == VerificationState.COMPLETED
+            and self.outbox_pending == 0
+            and all(c.clean for c in self.workspaces.values())
+        )
 
     @property
     def legacy_covered(self) -> bool:
@@ -154,7 +160,15 @@ def _own(record: Record | None, job_id: str, workspace_id: str) -> Record | None
 class Verifier:
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
         self._redis = redis
+        #: Where the legacy records are read (their own Redis in a split topology: ``split_verifier``).
+        self._legacy = redis
         self._keys = keys
+
+    async def _run_id(self) -> str:
+        return await redis_run_id(self._redis)
+
+    async def _key_count(self) -> int:
+        return await self._redis.dbsize()
 
     async def last(self) -> VerificationRun | None:
         """The last finished verification, else an unfinished one, else None."""
@@ -172,7 +186,7 @@ class Verifier:
         lease = await take_operation_lease(self._redis, run.verification_id)
         try:
             run.state, run.reason = VerificationState.RUNNING, ""
-            current = await redis_run_id(self._redis)
+            current = await self._run_id()
             if run.run_id and current != run.run_id:
                 await self._begin_again(run)  # resumed after a Redis restart: its cursor means nothing now
             run.run_id = current
@@ -189,7 +203,7 @@ class Verifier:
                     yield "failed", run
                     return
                 await self._batch(run, bucket)
-                if await redis_run_id(self._redis) != run.run_id:
+                if await self._run_id() != run.run_id:
                     # Keys the old cursor had not reached are unknown: never report such a run clean.
                     await self._begin_again(run)
                     run.state, run.reason = VerificationState.FAILED, RESTARTED
@@ -228,8 +242,8 @@ class Verifier:
                 rate_limit,
                 batch_size or DEFAULT_BATCH,
                 started_at=await redis_now(self._redis),
-                total_estimate=await self._redis.dbsize(),
-                run_id=await redis_run_id(self._redis),
+                total_estimate=await self._key_count(),
+                run_id=await self._run_id(),
             )
         raw = await self._redis.get(self._keys.verification_current)
         if not raw:
@@ -277,7 +291,7 @@ class Verifier:
             run.phase = "new" if run.phase == "legacy" else "done"
 
     async def _legacy_keys(self, run: VerificationRun, keys: list[bytes]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._legacy.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
         replies = await pipe.execute(raise_on_error=False)

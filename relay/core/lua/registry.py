@@ -14,7 +14,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
-from relay.core.lua import backfill, claims, facts, jobs, lease, replicas, sweep
+from relay.core.lua import backfill, claims, facts, jobs, lease, replicas, split_migration, sweep
 
 Arg = str | bytes | int | float
 
@@ -48,6 +48,12 @@ ALL_SCRIPTS: tuple[str, ...] = (
     backfill.BACKFILL_CONTROL,
     backfill.BACKFILL_RESCAN,
     backfill.BACKFILL_TAKE_OVER,
+    split_migration.READ_LEGACY_RECORDS,
+    split_migration.BACKFILL_COPY_WORKSPACE,
+    split_migration.BACKFILL_RECOPY,
+    split_migration.BACKFILL_RECORD_BATCH,
+    split_migration.DELETE_UNCHANGED_LEGACY,
+    split_migration.REVERSE_COPY_RECORDS,
 )
 
 
