@@ -145,12 +145,17 @@ async def _serve(settings: Settings, role: str) -> None:
     app = await start(settings, role, metrics=metrics)
     log.info("relay %s listening", role, extra={"listen": f"{settings.listen} (port {app.port})"})
     print(f"relay {role} listening on {settings.listen}", file=sys.stderr, flush=True)
+    from relay.console.server import start_console
+
+    console = await start_console(settings, app.port) if role in ("all", "controller") else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("draining in-flight calls", extra={"reason": "signal"})
+    if console is not None:
+        await console.stop()  # first: its event streams are calls to the controller
     await app.stop(settings.shutdown_grace_seconds)
     log.info("stopped")
 
