@@ -153,7 +153,9 @@ async def test_a_missing_or_wrong_csrf_token_is_refused(relay: Running, keys: Ke
         assert (await client.get("/")).status_code == 200
         # A cross-site form with the right token is refused by its Origin.
         reply = await client.post(
-            "/stage", data={"stage": "DUAL_WRITE", "csrf_token": token}, headers={"origin": "https://evil.example"}
+            "/stage",
+            data={"stage": "DUAL_WRITE", "csrf_token": token},
+            headers={"origin": "https://evil.example"},
         )
         assert reply.status_code == 403
     setting = await _stage(relay, keys)
