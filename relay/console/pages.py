@@ -488,7 +488,11 @@ async def _start_run(
     run = console.runs.start(kind, session.who, dry_run, events, field)
     await console.runs.wait_first(run)
     mode = "" if kind == "verification" else (" (dry run)" if dry_run else " (execute)")
-    if run.failure:
+    if run.failure and run.latest is None:  # refused before it began: the last real run stays shown
+        if current is not None:
+            console.runs.current[kind] = current
+        else:
+            console.runs.current.pop(kind, None)
         _audit(session, f"start {kind}{mode}: refused: {run.failure}")
         session.flash("error", f"The {kind} did not start: {run.failure}")
     else:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from relay.console.controller import RpcFailure
 from relay.v1 import backfill_pb2
@@ -49,6 +50,10 @@ class Refusal:
     text: str
     at: float
     who: str
+
+    @property
+    def when(self) -> str:
+        return datetime.fromtimestamp(self.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class Runs:

@@ -44,9 +44,10 @@ function follow(url) {
 
 document.addEventListener("DOMContentLoaded", () => {
   for (const url of (document.body.dataset.streams || "").split(" ").filter(Boolean)) follow(url);
-  document.querySelectorAll("form[data-confirm]").forEach((form) => {
-    form.addEventListener("submit", (event) => {
-      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+  // Buttons that start something that writes ask first (keyboard and pointer alike: a click event).
+  document.querySelectorAll("button[data-confirm]").forEach((button) => {
+    button.addEventListener("click", (event) => {
+      if (!window.confirm(button.dataset.confirm)) event.preventDefault();
     });
   });
 });
