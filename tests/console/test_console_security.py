@@ -269,3 +269,19 @@ async def test_a_refused_stage_change_shows_the_rule_in_the_controllers_words(re
     assert "FAILED_PRECONDITION [BACKFILL_REQUIRED]" in page
     assert "relayctl backfill start --execute" in page
     assert (await _stage(relay, keys)).stage == Stage.DUAL_WRITE
+
+
+async def test_text_from_a_request_is_escaped_on_the_page(relay: Running, keys: Keys):
+    async with _client(create_app(relay.target)) as client:
+        await _sign_in(client, keys.raw["admin"])
+        page = (await client.get("/", params={"workspace": "<script>alert(1)</script>"})).text
+    assert "<script>alert" not in page and "&lt;script&gt;alert" in page
+
+
+async def test_every_response_carries_the_security_headers(relay: Running):
+    async with _client(create_app(relay.target)) as client:
+        for path in ("/signin", "/", "/static/console.js"):
+            headers = (await client.get(path)).headers
+            assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+            assert "script-src 'self'" in headers["content-security-policy"]
+            assert headers["x-frame-options"] == "DENY" and headers["cache-control"] == "no-store"
