@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from relay.clients.connection import Connection
 from relay.core.rpc_errors import error_info
 from relay.v1 import backfill_pb2, cleanup_pb2, migration_controller_pb2_grpc, stage_pb2, verification_pb2
 
@@ -54,9 +55,8 @@ class Controller:
             await self._channel.close()
             self._channel = None
 
-    @staticmethod
-    def _md(api_key: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {api_key}"),)
+    def _md(self, api_key: str) -> tuple[tuple[str, str], ...]:
+        return Connection(self.target, api_key).metadata  # relayctl's metadata, exactly
 
     async def _unary(self, method: str, request: object, api_key: str) -> object:
         try:
