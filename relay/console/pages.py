@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from relay.console import csrf, sse
 from relay.console.controller import RpcFailure
@@ -70,8 +70,9 @@ def _render(
     return _console(request).templates.TemplateResponse(request, name, context, status_code=status)
 
 
-def _refused(status: int, text: str) -> Response:
-    return PlainTextResponse(text + "\n", status_code=status)
+def _refused(request: Request, status: int, text: str) -> Response:
+    """A refusal as a small page (the session, if any, is not shown: it may be the problem)."""
+    return _render(request, "refused.html", None, status, message=text)
 
 
 def _audit(session: Session, what: str, **extra: Any) -> None:
@@ -99,7 +100,7 @@ def stream(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def wrapper(request: Request) -> Response:
         session = _session(request)
         if session is None:
-            return _refused(401, "sign in first")
+            return _refused(request, 401, "sign in first")
         return await handler(request, session)
 
     return wrapper
@@ -115,19 +116,23 @@ def action(
         async def wrapper(request: Request) -> Response:
             session = _session(request)
             if session is None:
-                return _refused(401, "not signed in, or the session expired: sign in again")
+                return _refused(request, 401, "not signed in, or the session expired: sign in again")
             if not csrf.same_origin(request):
                 log.warning("console: %s: cross-origin POST %s refused", session.who, request.url.path)
-                return _refused(403, "refused: the request came from another site")
+                return _refused(request, 403, "refused: the request came from another site")
             form = await request.form()
             if not csrf.token_matches(session.csrf_token, form.get(csrf.FIELD), request):
                 log.warning("console: %s: POST %s without a valid CSRF token", session.who, request.url.path)
-                return _refused(403, "refused: missing or wrong CSRF token; reload the page and retry")
+                return _refused(
+                    request, 403, "refused: missing or wrong CSRF token; reload the page and retry"
+                )
             if admin and not session.is_admin:
                 log.warning(
                     "console: %s (view): %s refused, needs migration:admin", session.who, request.url.path
                 )
-                return _refused(403, "refused: this api key can view but not change (needs migration:admin)")
+                return _refused(
+                    request, 403, "refused: this api key can view but not change (needs migration:admin)"
+                )
             return await handler(request, session, form)
 
         return wrapper
@@ -183,7 +188,7 @@ def _signin_page(request: Request, flashes: list[tuple[str, str]], status: int =
 async def signin(request: Request) -> Response:
     console = _console(request)
     if not csrf.same_origin(request):
-        return _refused(403, "refused: the request came from another site")
+        return _refused(request, 403, "refused: the request came from another site")
     form = await request.form()
     expected = console.sessions.unsign(request.cookies.get(SIGNIN_COOKIE_NAME), SIGNIN_SECONDS)
     if not expected or not csrf.token_matches(expected, form.get(csrf.FIELD), request):
@@ -396,7 +401,7 @@ async def control_backfill(request: Request, session: Session, form: FormData) -
             reply = await console.controller.backfill_control(session.api_key, CONTROL[verb], backfill_id)
             what = f"{PAST[verb]} backfill {backfill_id}"
         else:
-            return _refused(404, "no such action")
+            return _refused(request, 404, "no such action")
     except ValueError as exc:
         session.flash("error", str(exc))
         return _back(request, "/backfill")
@@ -419,7 +424,7 @@ async def backfill_events(request: Request, session: Session) -> Response:
     console = _console(request)
     backfill_id = request.query_params.get("id", "")
     if backfill_id and not backfill_id.startswith("bf-"):
-        return _refused(400, "not a backfill id")
+        return _refused(request, 400, "not a backfill id")
 
     async def frames() -> AsyncIterator[str]:
         try:
@@ -555,7 +560,7 @@ async def run_events(request: Request, session: Session) -> Response:
     console = _console(request)
     kind = request.path_params["kind"]
     if kind not in RUN_KINDS:
-        return _refused(404, "no such run")
+        return _refused(request, 404, "no such run")
 
     async def frames() -> AsyncIterator[str]:
         seen = -1
