@@ -5,6 +5,7 @@ Each refusal is checked twice: the response says no, and the controller's own RP
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -16,6 +17,7 @@ from relay.console.app import create_app
 from relay.console.session import COOKIE_NAME, SessionStore
 from relay.core.stages import Stage
 from relay.v1 import backfill_pb2, migration_controller_pb2, stage_pb2, verification_pb2
+from tests.backfill_support import seed_clean
 from tests.conftest import Keys, Running, StartRelay
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -285,3 +287,31 @@ async def test_every_response_carries_the_security_headers(relay: Running):
             assert "frame-ancestors 'none'" in headers["content-security-policy"], path
             assert "script-src 'self'" in headers["content-security-policy"]
             assert headers["x-frame-options"] == "DENY" and headers["cache-control"] == "no-store"
+
+
+async def test_an_admin_starts_slows_and_cancels_a_backfill_from_the_console(
+    relay: Running, keys: Keys, redis: object
+):
+    await seed_clean(redis, 400)
+    async with _client(create_app(relay.target)) as client:
+        await _sign_in(client, keys.raw["admin"])
+        token = await _csrf(client)
+        form = {"mode": "execute", "rps": "50", "batch": "10", "csrf_token": token}
+        assert (await client.post("/backfill/start", data=form)).status_code == 303
+        b = await relay.controller.GetBackfill(backfill_pb2.GetBackfillRequest(), metadata=keys.md("admin"))
+        assert b.state == backfill_pb2.BACKFILL_STATE_RUNNING and b.options.rate_limit == 50
+        rate = {"backfill_id": b.backfill_id, "rps": "25", "csrf_token": token}
+        assert (await client.post("/backfill/rate", data=rate)).status_code == 303
+        cancel = {"backfill_id": b.backfill_id, "csrf_token": token}
+        assert (await client.post("/backfill/cancel", data=cancel)).status_code == 303
+        page = (await client.get("/backfill")).text
+    assert b.backfill_id in page and "cancelled" in page
+    async with asyncio.timeout(15):  # it stops after its current batch: follow it there
+        watch = relay.controller.WatchBackfill(
+            backfill_pb2.WatchBackfillRequest(backfill_id=b.backfill_id), metadata=keys.md("admin")
+        )
+        async for event in watch:
+            if event.backfill.state == backfill_pb2.BACKFILL_STATE_CANCELLED:
+                break
+    assert event.backfill.options.rate_limit == 25
+    assert event.backfill.progress.scanned < 400
