@@ -140,18 +140,18 @@ async def _make_dev_key(keyring: KeyRing, settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, role: str) -> None:
+    from relay.console.server import start_console  # before serving: its imports take a moment
+
     metrics = build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
     serve_metrics(metrics, settings.metrics_listen)
     app = await start(settings, role, metrics=metrics)
     log.info("relay %s listening", role, extra={"listen": f"{settings.listen} (port {app.port})"})
     print(f"relay {role} listening on {settings.listen}", file=sys.stderr, flush=True)
-    from relay.console.server import start_console
-
-    console = await start_console(settings, app.port) if role in ("all", "controller") else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    console = await start_console(settings, app.port) if role in ("all", "controller") else None
     await stop.wait()
     log.info("draining in-flight calls", extra={"reason": "signal"})
     if console is not None:

@@ -52,9 +52,14 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        static = scope["path"].startswith("/static/")
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {name for name, _ in message.get("headers", [])}
+                if static:
+                    names.add(b"cache-control")
+                    message["headers"] = [*message.get("headers", []), (b"cache-control", b"no-cache")]
                 message["headers"] = [
                     *message.get("headers", []),
                     *((n, v) for n, v in SECURITY_HEADERS if n not in names),

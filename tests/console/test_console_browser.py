@@ -153,8 +153,14 @@ async def browser(served: Served) -> AsyncIterator[object]:
 
 async def _shot(page: object, name: str) -> None:
     """A screenshot for the README, once the page is known to fit its window's width."""
+    await page.wait_for_load_state("load")  # type: ignore[attr-defined]  # its stylesheet applied
     overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")  # type: ignore[attr-defined]
-    assert overflow <= 0, (name, overflow)
+    wide = await page.evaluate(  # type: ignore[attr-defined]
+        "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > "
+        "window.innerWidth + 1).slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + "
+        "e.getBoundingClientRect().width)"
+    )
+    assert overflow <= 0, (name, overflow, wide)
     SHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
 
@@ -234,17 +240,19 @@ async def test_an_operator_walks_the_migration_in_the_console(served: Served, br
     await page.get_by_label("Batch size (0: 1000)").fill("20")
     await page.get_by_role("button", name="Start execute").click()
     bar = page.get_by_role("progressbar", name="Backfill progress")
-    await expect(page.locator("h2 [data-field=state]")).to_have_text("RUNNING")
+    body = page.locator("body")  # data-state: the state the server rendered (live updates leave it)
+    await expect(body).to_have_attribute("data-state", "RUNNING")
     await page.wait_for_function("() => document.getElementById('bf-bar').value > 0")
     first = float(await bar.get_attribute("value") or 0)
     await page.wait_for_function(f"() => document.getElementById('bf-bar').value > {first}")
     await page.get_by_role("button", name="Pause").click()
+    await expect(body).to_have_attribute("data-state", "PAUSED")
     await expect(page.locator("h2 [data-field=state]")).to_have_text("PAUSED")
     await expect(page.get_by_role("button", name="Resume")).to_be_enabled()
     await expect(page.get_by_role("button", name="Pause")).to_be_disabled()
     await page.get_by_role("button", name="Resume").click()
-    await expect(page.locator("h2 [data-field=state]")).to_have_text("RUNNING")
-    await page.wait_for_function("() => Number(document.body.dataset.live || 0) >= 2")  # live updates
+    await expect(body).to_have_attribute("data-state", "RUNNING")
+    await expect(body).to_have_attribute("data-live", re.compile(r"^([2-9]|\d{2,})$"))  # live updates
     await _shot(page, "backfill-running")
     await page.get_by_label("New rate (keys/s, 0 unthrottled)").fill("0")
     await page.get_by_role("button", name="Set rate").click()
@@ -257,6 +265,8 @@ async def test_an_operator_walks_the_migration_in_the_console(served: Served, br
     # A verification, clean, with its per-workspace table.
     await page.get_by_role("link", name="Verification").click()
     await page.get_by_role("button", name="Run verification").click()
+    # Its button comes back once the page is rendered with the finished run (no live stream left).
+    await expect(page.get_by_role("button", name="Run verification")).to_be_visible()
     await expect(page.locator("h2 [data-field=result]")).to_have_text("CLEAN")
     rows = page.locator("#verification-table tbody tr")
     await expect(rows).to_have_count(3)
@@ -270,12 +280,14 @@ async def test_an_operator_walks_the_migration_in_the_console(served: Served, br
     await page.locator("#cleanup-dry-run").click()
     cleanup_summary = page.locator("#cleanup pre.summary")
     await expect(cleanup_summary).to_contain_text("(dry run): completed")
+    await expect(page.locator("#cleanup-dry-run")).to_be_visible()  # rendered once it has finished
     assert re.search(r"Would delete:\s+600\b", await cleanup_summary.inner_text())
     await page.locator("#cleanup-execute").click()  # its confirmation dialog is accepted
     await expect(page.locator(".flash-error")).to_contain_text("FAILED_PRECONDITION [STAGE_NOT_NEW_ONLY]")
     await expect(cleanup_summary).to_contain_text("(dry run): completed")  # the last run stays shown
     await page.locator("#reverse-copy-dry-run").click()
     await expect(page.locator("#reverse-copy pre.summary")).to_contain_text("(dry run): completed")
+    await expect(page.locator("#reverse-copy-dry-run")).to_be_visible()
     await _shot(page, "cleanup")
     assert any("deletes legacy keys" in d for d in dialogs), dialogs
 
