@@ -48,10 +48,13 @@ lint: gen buf-lint buf-breaking ops-lint
 run: gen
 	$(VENV)/bin/relay serve
 
-# System packages the tests use: redis-server for the private test Redis (Debian's package).
+# System packages the tests use: redis-server for the private test Redis, chromium for the console's
+# browser tests (Debian's packages; Playwright drives the system chromium, it downloads no browser).
 system-tools:
 	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v chromium >/dev/null || { echo "installing chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # Runs the whole test suite (lint, buf lint, unit, integration against a private Redis).
 test: lint system-tools

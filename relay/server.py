@@ -178,6 +178,8 @@ async def _make_dev_key(keyring: KeyRing, settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, role: str) -> None:
+    from relay.console.server import start_console  # before serving: its imports take a moment
+
     metrics = build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
     serve_metrics(metrics, settings.metrics_listen)
     try:
@@ -192,8 +194,11 @@ async def _serve(settings: Settings, role: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    console = await start_console(settings, app.port) if role in ("all", "controller") else None
     await stop.wait()
     log.info("draining in-flight calls", extra={"reason": "signal"})
+    if console is not None:
+        await console.stop()  # first: its event streams are calls to the controller
     await app.stop(settings.shutdown_grace_seconds)
     metrics.shutdown()  # a last OTLP push, when one is configured
     log.info("stopped")

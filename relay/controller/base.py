@@ -8,7 +8,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from redis.asyncio import Redis
 
-from relay.core.auth import SCOPE_ADMIN, KeyRing, Principal
+from relay.core.auth import SCOPE_ADMIN, SCOPE_VIEW, KeyRing, Principal
 from relay.core.config import Settings
 from relay.core.stage_store import StageView
 from relay.core.stores import Stores
@@ -37,6 +37,13 @@ class ControllerBase:
     async def _admin(self, context: grpc.aio.ServicerContext) -> Principal:
         principal = await self.parts.keyring.authenticate(context.invocation_metadata())
         principal.require(SCOPE_ADMIN)
+        return principal
+
+    async def _viewer(self, context: grpc.aio.ServicerContext) -> Principal:
+        """Read-only RPCs: migration:view or migration:admin."""
+        principal = await self.parts.keyring.authenticate(context.invocation_metadata())
+        if SCOPE_ADMIN not in principal.scopes:
+            principal.require(SCOPE_VIEW)
         return principal
 
 

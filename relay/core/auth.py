@@ -28,7 +28,9 @@ SCOPE_EXECUTE = "actions:execute"
 SCOPE_PREVIEW = "actions:preview"
 SCOPE_WORK = "jobs:work"
 SCOPE_ADMIN = "migration:admin"
-ALL_SCOPES = (SCOPE_EXECUTE, SCOPE_PREVIEW, SCOPE_WORK, SCOPE_ADMIN)
+#: Read-only access to the controller: its Get* and Watch* RPCs (the migration console's viewers).
+SCOPE_VIEW = "migration:view"
+ALL_SCOPES = (SCOPE_EXECUTE, SCOPE_PREVIEW, SCOPE_WORK, SCOPE_ADMIN, SCOPE_VIEW)
 WORKSPACE_SCOPES = (SCOPE_EXECUTE, SCOPE_PREVIEW)
 
 

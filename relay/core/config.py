@@ -29,6 +29,10 @@ class Settings:
     #: Empty turns the Prometheus endpoint off.
     metrics_listen: str = "127.0.0.1:9464"
     api_keys_file: str = ""
+    #: The migration console (controller role); empty turns it off. TLS when a certificate is given.
+    console_listen: str = "127.0.0.1:8080"
+    console_tls_certfile: str = ""
+    console_tls_keyfile: str = ""
     #: Where ``relay serve`` saves a development key and ``relayctl`` looks for one.
     credentials_path: Path = field(default_factory=_default_credentials_path)
     #: The stage used until one is set in Redis, from the old system's flags.
@@ -79,6 +83,9 @@ class Settings:
             "listen": env.get("RELAY_LISTEN", "127.0.0.1:50051"),
             "metrics_listen": env.get("RELAY_METRICS_LISTEN", "127.0.0.1:9464"),
             "api_keys_file": env.get("RELAY_API_KEYS_FILE", ""),
+            "console_listen": env.get("RELAY_CONSOLE_LISTEN", "127.0.0.1:8080"),
+            "console_tls_certfile": env.get("RELAY_CONSOLE_TLS_CERT", ""),
+            "console_tls_keyfile": env.get("RELAY_CONSOLE_TLS_KEY", ""),
             "default_stage": stage_from_flags(env),
             "metric_workspaces": tuple(
                 w for w in env.get("RELAY_METRIC_WORKSPACES", "").replace(" ", "").split(",") if w

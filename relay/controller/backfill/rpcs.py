@@ -41,7 +41,7 @@ class BackfillRpcs(ControllerBase):
     async def WatchBackfill(
         self, request: pb.WatchBackfillRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.BackfillEvent]:
-        await self._admin(context)
+        await self._viewer(context)
         async for event in self.backfills.watch(check_backfill_id(request.backfill_id, required=False)):
             yield event
 
@@ -49,7 +49,7 @@ class BackfillRpcs(ControllerBase):
     async def GetBackfill(
         self, request: pb.GetBackfillRequest, context: grpc.aio.ServicerContext
     ) -> pb.Backfill:
-        await self._admin(context)
+        await self._viewer(context)
         return await self.backfills.get(check_backfill_id(request.backfill_id, required=False))
 
     @rpc_method

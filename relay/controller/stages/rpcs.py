@@ -60,7 +60,7 @@ class StageRpcs(ControllerBase):
     async def GetStage(
         self, request: stage_pb2.GetStageRequest, context: grpc.aio.ServicerContext
     ) -> stage_pb2.GetStageResponse:
-        await self._admin(context)
+        await self._viewer(context)
         scope = await self.stage_control.get(_workspace(request.workspace_id))
         return stage_pb2.GetStageResponse(setting=setting_proto(scope))
 

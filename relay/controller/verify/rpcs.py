@@ -91,7 +91,7 @@ class VerifyRpcs(ControllerBase):
     async def GetVerification(
         self, request: pb.GetVerificationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Verification:
-        await self._admin(context)
+        await self._viewer(context)
         run = await self.verifier.last()
         if run is None:
             raise NotFound(
