@@ -54,6 +54,15 @@ async def start_console(settings: Settings, grpc_port: int) -> ConsoleServer | N
     the controller goes on without its console, and the log says why)."""
     if not settings.console_listen:
         return None
+    if settings.tls.enabled:
+        # The console reaches the controller over a loopback gRPC channel, which is plaintext; with TLS
+        # configured there is no plaintext port. Say so rather than serve pages that cannot load.
+        log.error(
+            "the console cannot reach a TLS-only controller yet; serving without it "
+            "(unset RELAY_CONSOLE_LISTEN to silence this)",
+            extra={"listen": settings.console_listen},
+        )
+        return None
     host, port = split_listen(settings.console_listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
