@@ -1,5 +1,6 @@
-"""JobService on each topology, side by side in one run: one Redis for both layouts (topology 1) against the
-legacy layout on its own Redis and the new layout on a 3-primary Redis Cluster (topology 2).
+"""JobService and the backfill on each topology, side by side in one run: one Redis for both layouts
+(topology 1) against the legacy layout on its own Redis and the new layout on a 3-primary Redis Cluster
+(topology 2).
 
     python -m bench.bench_topologies               # 2 x 10 s per RPC and topology
     python -m bench.bench_topologies --quick       # a smoke run
@@ -7,8 +8,9 @@ legacy layout on its own Redis and the new layout on a 3-primary Redis Cluster (
 Each topology gets fresh processes (private redis-servers or cluster, ``relay serve jobs``) and the same
 load generator (bench/loadgen.py) with the same inputs; the figures are throughput, p50/p99, and Redis CPU
 per call summed over every node (the cost one call puts on the store, which bounds how many calls a
-primary serves: a workspace lives in one slot, so calls spread over primaries as workspaces do). Writes
-bench/results/topologies.json and prints a markdown table.
+primary serves: a workspace lives in one slot, so calls spread over primaries as workspaces do). Then an
+unthrottled backfill of --backfill-keys legacy records on each topology (``relay serve controller``,
+StartBackfill over gRPC), keys/s. Writes bench/results/topologies.json and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -123,6 +125,34 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         return rows
 
 
+def measure_backfill(name: str, keys: int) -> dict[str, Any]:
+    """An unthrottled backfill of ``keys`` seeded legacy records on one topology."""
+    import asyncio
+
+    from bench import bench_backfill
+
+    with tempfile.TemporaryDirectory(prefix="relay-bench-bf-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        keys_file = workdir / "keys.json"
+        keys_file.write_text(json.dumps([{"key": bench_backfill.ADMIN_KEY, "scopes": ["migration:admin"]}]))
+        legacy = start_redis_server(prefix="relay-bench-legacy-")
+        stack.callback(legacy.stop)
+        bench_backfill.seed(legacy.client(), keys)
+        url, env = legacy.url, {}
+        if name == "cluster":
+            cluster = start_redis_cluster(primaries=3, replicas=0)
+            stack.callback(cluster.stop)
+            url, env = cluster.url, {"RELAY_LEGACY_REDIS_URL": legacy.url}
+        controller = bench_backfill.start_server("controller", url, keys_file, workdir, env)
+        stack.callback(controller.stop)
+        run, _ = asyncio.run(bench_backfill.controller_backfill(controller, None, [], 1000, 0.0))
+        return {
+            "keys": run.keys,
+            "seconds": round(run.seconds, 2),
+            "keys_per_second": round(run.keys_per_second),
+        }
+
+
 def markdown(results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| RPC | topology 1 calls/s | topology 2 calls/s | ratio 2/1 | p99 ms 1 / 2 "
@@ -147,15 +177,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--read-jobs", type=int, default=1000)
     parser.add_argument("--stage", default="READ_NEW", choices=sorted(STAGE_FLAGS))
+    parser.add_argument("--backfill-keys", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="seconds, for a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS / "topologies.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.rounds, args.read_jobs = 1.0, 1, 100
+        args.duration, args.rounds, args.read_jobs, args.backfill_keys = 1.0, 1, 100, 2000
     results = {name: measure(name, args) for name in TOPOLOGIES}
+    backfills = {name: measure_backfill(name, args.backfill_keys) for name in TOPOLOGIES}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"stage": args.stage, "results": results}, indent=2) + "\n")
+    out = {"stage": args.stage, "results": results, "backfill": backfills}
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(markdown(results))
+    one, two = backfills["single"], backfills["cluster"]
+    ratio = two["keys_per_second"] / one["keys_per_second"] if one["keys_per_second"] else 0.0
+    print()
+    print("| backfill | topology 1 keys/s | topology 2 keys/s | ratio 2/1 |")
+    print("|---|---|---|---|")
+    print(
+        f"| {one['keys']:,} legacy keys, unthrottled | {one['keys_per_second']:,} "
+        f"| {two['keys_per_second']:,} | {ratio:.2f} |"
+    )
     return results
 
 
