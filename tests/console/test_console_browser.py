@@ -25,7 +25,7 @@ import redis as sync_redis
 from bench.server_proc import ServerProcess, relay_serve_argv, start_server
 from relay.clients.cli_backfill import summary as relayctl_summary
 from relay.v1 import backfill_pb2, migration_controller_pb2_grpc
-from tests.conftest import free_port, start_redis_server, stop_redis_server
+from tests.conftest import free_port, start_redis_server
 
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
@@ -138,7 +138,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(url, f"127.0.0.1:{grpc_port}", admin_key, view_key, process)
     finally:
         process.stop()
-        stop_redis_server(redis_srv)
+        redis_srv.stop()
 
 
 @pytest.fixture
