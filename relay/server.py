@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from relay.core import logs
 from relay.core.auth import ALL_SCOPES, KeyRing, load_key_file
 from relay.core.config import Settings
+from relay.core.limits import Limits
 from relay.core.malformed_requests import MalformedRequestInterceptor
 from relay.core.page_token import PageTokenCodec
 from relay.core.redis_observer import observe_redis
@@ -80,11 +81,16 @@ class App:
         return self.stores.new  # type: ignore[return-value]
 
 
-def grpc_server(metrics: Metrics) -> grpc.aio.Server:
-    """The grpc.aio server every role runs on, with its interceptors (bench/'s no-op baseline uses it too)."""
+def grpc_server(metrics: Metrics, limits: Limits | None = None) -> grpc.aio.Server:
+    """The grpc.aio server every role runs on, with its interceptors (bench/'s no-op baseline uses it too).
+
+    Its receive limit admits the largest valid request and no more, and it runs at most
+    ``max_concurrent_rpcs`` calls at once (``relay.core.limits``)."""
+    limits = limits or Limits.from_env()
     return grpc.aio.server(
         interceptors=[RpcObserver(metrics), MalformedRequestInterceptor()],
-        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+        options=[("grpc.max_receive_message_length", limits.receive_bytes)],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
 
 

@@ -75,7 +75,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         principal.require(SCOPE_PREVIEW)
         workspace_id = principal.workspace()
         record = await self._store.get(workspace_id, check_job_id(request.job_id))
-        return pb.GetJobResponse(job=codec.to_proto(record))
+        return pb.GetJobResponse(job=self._store.to_proto(record))
 
     @rpc_method
     async def ListJobs(
@@ -93,9 +93,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 raise InvalidArgument("status", "is not a known JobStatus")
             status = codec.STATUS_FROM_PROTO[request.status]
         page = await self._store.list(workspace_id, page_size, request.page_token, status)
-        return pb.ListJobsResponse(
-            jobs=[codec.to_proto(r) for r in page.records], next_page_token=page.next_page_token
-        )
+        return pb.ListJobsResponse(jobs=page.jobs, next_page_token=page.next_page_token)
 
     @rpc_method
     async def ClaimJob(
@@ -105,7 +103,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         principal.require(SCOPE_WORK)
         _bounded_text(request.worker_id, "worker_id", MAX_NAME_CHARS)
         record = await self._store.claim()
-        return pb.ClaimJobResponse(job=codec.to_proto(record)) if record else pb.ClaimJobResponse()
+        return pb.ClaimJobResponse(job=self._store.to_proto(record)) if record else pb.ClaimJobResponse()
 
     @rpc_method
     async def UpdateJobStatus(
@@ -127,7 +125,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             )
         error = _bounded_text(request.error, "error", MAX_ERROR_CHARS) if request.error else None
         record = await self._store.update_status(workspace_id, job_id, status, result_json, error)
-        return pb.UpdateJobStatusResponse(job=codec.to_proto(record))
+        return pb.UpdateJobStatusResponse(job=self._store.to_proto(record))
 
 
 def _optional_workspace_id(value: str) -> str:

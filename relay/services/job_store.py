@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Any
 
@@ -16,6 +16,7 @@ from relay.core.codec import Record
 from relay.core.errors import FailedPrecondition, NotFound
 from relay.core.ids import new_job_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, KeyLayout
+from relay.core.limits import PAGE_BYTE_BUDGET
 from relay.core.lua import LuaScripts
 from relay.core.lua.jobs import (
     ENQUEUE,
@@ -29,10 +30,11 @@ from relay.core.lua.jobs import (
 from relay.core.page_token import PageTokenCodec
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage, StageSetting
-from relay.core.stores import Stores
+from relay.core.stores import Stores, repeatable
 from relay.core.telemetry import Metrics
 from relay.services.job_claims import CLAIM_TIMEOUT_SECONDS, Claims
 from relay.services.split_writes import SplitWrites
+from relay.v1 import job_service_pb2 as pb
 
 log = logging.getLogger("relay.jobs")
 
@@ -58,6 +60,52 @@ class NewAction:
 class Page:
     records: list[Record]
     next_page_token: str
+    #: The records as Jobs, in the same order (converted once, to weigh the page).
+    jobs: list[pb.Job] = field(default_factory=list)
+
+
+class _PageBytes:
+    """The jobs of a page as they are taken, and whether the next one still fits the byte budget: a page
+    holds at least one job, and never passes ``budget`` bytes of encoded jobs after its first."""
+
+    def __init__(self, store: JobStore, budget: int):
+        self._store = store
+        self.left = budget
+        self.jobs: list[pb.Job] = []
+        # Jobs weighed but not taken yet, by record (kept alive with it, so that no id is reused).
+        self._pending: dict[int, tuple[Record, pb.Job]] = {}
+
+    def _job(self, record: Record) -> pb.Job:
+        known = self._pending.get(id(record))
+        if known is not None and known[0] is record:
+            return known[1]
+        job = self._store.to_proto(record)
+        self._pending[id(record)] = (record, job)
+        return job
+
+    def fits(self, record: Record) -> bool:
+        # Each job costs its bytes, its tag and its length prefix in ListJobsResponse.
+        return not self.jobs or self._job(record).ByteSize() + 6 <= self.left
+
+    def take(self, record: Record) -> None:
+        job = self._job(record)
+        self._pending.pop(id(record), None)
+        self.left -= job.ByteSize() + 6
+        self.jobs.append(job)
+
+    def fitting(self, records: Sequence[Record]) -> int:
+        """How many of ``records``, in order, the page still has room for (by bytes only)."""
+        left, empty = self.left, not self.jobs
+        for n, record in enumerate(records):
+            size = self._job(record).ByteSize() + 6
+            if not (empty and n == 0) and size > left:
+                return n
+            left -= size
+        return len(records)
+
+    @property
+    def full(self) -> bool:
+        return bool(self.jobs) and self.left <= 0
 
 
 class JobStore:
@@ -182,9 +230,20 @@ class JobStore:
         return await self._claims.claim()
 
     # --- reads -------------------------------------------------------------------------------
+    def to_proto(self, record: Record) -> pb.Job:
+        """The record as a Job; what protobuf cannot carry is served as text or left unset, and counted."""
+        return codec.to_proto(record, self._count_undecodable)
+
+    def _count_undecodable(self, field: str) -> None:
+        self._metrics.undecodable_fields.add(1, {"field": field})
+        log.warning(
+            "a stored field cannot be carried by protobuf; served as text or left out", extra={"field": field}
+        )
+
     async def get(self, workspace_id: str, job_id: str) -> Record:
         setting = self._stages.for_workspace(workspace_id)
-        [record] = await self._read_many(workspace_id, [job_id], setting)
+        # Read-only: repeated when its connection dropped (relay.core.stores, "what is repeated").
+        [record] = await repeatable(lambda: self._read_many(workspace_id, [job_id], setting))
         if record is None:
             raise NotFound("job not found", reason="JOB_NOT_FOUND")
         return record
@@ -273,17 +332,32 @@ class JobStore:
         """
         setting = self._stages.for_workspace(workspace_id)
         filters = f"status={status}"
+        # Read-only: the whole page is repeated when a connection dropped (relay.core.stores).
+        return await repeatable(
+            lambda: self._list_page(workspace_id, setting, filters, page_size, page_token, status)
+        )
+
+    async def _list_page(
+        self,
+        workspace_id: str,
+        setting: StageSetting,
+        filters: str,
+        page_size: int,
+        page_token: str,
+        status: str,
+    ) -> Page:
         if page_token:
             state = self._tokens.decode(page_token, workspace_id, filters)
         else:
             state = await self._first_state(workspace_id, setting)
         out: list[Record] = []
+        weight = _PageBytes(self, PAGE_BYTE_BUDGET)
         if state.get("p") == "index":
-            state = await self._list_index(workspace_id, setting, status, page_size, state, out)
-        if state and state.get("p") == "legacy" and len(out) < page_size:
-            state = await self._list_legacy(workspace_id, setting, status, page_size, state, out)
+            state = await self._list_index(workspace_id, setting, status, page_size, state, out, weight)
+        if state and state.get("p") == "legacy" and len(out) < page_size and not weight.full:
+            state = await self._list_legacy(workspace_id, setting, status, page_size, state, out, weight)
         token = self._tokens.encode(workspace_id, filters, state) if state else ""
-        return Page(out, token)
+        return Page(out, token, weight.jobs)
 
     async def _first_state(self, workspace_id: str, setting: StageSetting) -> dict[str, Any]:
         if not setting.stage.reads_legacy:
@@ -301,6 +375,7 @@ class JobStore:
         page_size: int,
         state: dict[str, Any],
         out: list[Record],
+        weight: _PageBytes,
     ) -> dict[str, Any] | None:
         index = self._keys.job_index(workspace_id)
         after, began, legacy_phase = str(state.get("m", "")), int(state.get("t", 0)), bool(state.get("l"))
@@ -328,14 +403,20 @@ class JobStore:
                 )
             )
             for member in candidates:
-                after = member
                 record = records.get(member)
                 if record is not None and (not status or record.get("status") == status):
+                    if not weight.fits(record):
+                        # The page is full by bytes: it ends before this job, which the next one starts with.
+                        return {**state, "p": "index", "m": after}
+                    after = member
                     out.append(record)
+                    weight.take(record)
                     if len(out) == page_size:
                         if more or member != names[-1]:
                             return {**state, "p": "index", "m": after}
                         break
+                else:
+                    after = member
             examined += len(candidates)
             if not more or len(out) == page_size:
                 break  # the index is exhausted
@@ -358,6 +439,7 @@ class JobStore:
         page_size: int,
         state: dict[str, Any],
         out: list[Record],
+        weight: _PageBytes,
     ) -> dict[str, Any] | None:
         """Unindexed legacy records of the workspace, one SCAN stretch after another.
 
@@ -381,14 +463,17 @@ class JobStore:
             found = await self._unindexed_legacy(
                 workspace_id, sorted(k for k in set(keys) if k > after), status, began
             )
-            room = page_size - len(out)
+            # Room by count and by bytes: a stretch that does not fit either way is scanned shorter.
+            room = min(page_size - len(out), weight.fitting([record for _, record in found]))
             if len(found) > room:
                 if count > 1:
                     count = max(1, min(count // 2, count * room // len(found)))
                     continue
                 if out:
                     break
-                out.extend(record for _, record in found[:room])
+                for _, record in found[:room]:
+                    out.append(record)
+                    weight.take(record)
                 return {
                     "p": "legacy",
                     "c": cursor,
@@ -397,13 +482,15 @@ class JobStore:
                     "t": began,
                     "l": 1,
                 }
-            out.extend(record for _, record in found)
+            for _, record in found:
+                out.append(record)
+                weight.take(record)
             steps += 1
             cursor, after = int(next_cursor), b""
             count = min(count * 2, LEGACY_SCAN_COUNT)
             if cursor == 0:
                 return None
-            if len(out) == page_size:
+            if len(out) == page_size or weight.full:
                 break
         state = {"p": "legacy", "c": cursor, "n": count, "t": began, "l": 1}
         if after:
