@@ -14,6 +14,7 @@ from redis.asyncio import Redis, RedisCluster
 from relay.core import codec
 from relay.core.codec import Record
 from relay.core.errors import FailedPrecondition, NotFound
+from relay.core.foreign import note_foreign
 from relay.core.ids import new_job_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, KeyLayout
 from relay.core.limits import PAGE_BYTE_BUDGET
@@ -128,7 +129,7 @@ class JobStore:
         self._split = (
             None if self._stores.shared else SplitWrites(self._stores, idempotency_ttl_seconds, keys)
         )
-        self._claims = Claims(self._stores, stages, self._split, keys, claim_timeout_seconds)
+        self._claims = Claims(self._stores, stages, self._split, keys, claim_timeout_seconds, metrics)
         self._stages = stages
         self._tokens = tokens
         self._metrics = metrics
@@ -215,6 +216,8 @@ class JobStore:
             ],
         )
         outcome = reply[0].decode()
+        if reply[-1] == b"1":
+            note_foreign(self._metrics, job_id)  # left untouched by the update
         if outcome == "NOT_FOUND":
             raise NotFound("job not found", reason="JOB_NOT_FOUND")
         if outcome == "TERMINAL":
@@ -279,8 +282,7 @@ class JobStore:
             if new is not None and new.get("workspace_id", workspace_id) != workspace_id:
                 # Another workspace's record under this workspace's key (a bad restore, a buggy tool):
                 # served to nobody here, counted, logged without its data.
-                self._metrics.foreign_records.add(1, {"layout": "new"})
-                log.warning("a new-layout key holds another workspace's record", extra={"job_id": job_id})
+                note_foreign(self._metrics, job_id)
                 new = None
             for record in (new, legacy):
                 if record is not None:

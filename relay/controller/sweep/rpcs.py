@@ -72,11 +72,11 @@ class CleanupRpcs(ControllerBase):
     def cleaner(self) -> Cleaner:
         settings = self.parts.settings
         control = StageControl(self.parts.redis, settings.default_stage, rule_limits(settings))
-        return Cleaner(self.parts.redis, control)
+        return Cleaner(self.parts.redis, control, metrics=self.parts.metrics)
 
     @functools.cached_property
     def reverse_copier(self) -> ReverseCopier:
-        return ReverseCopier(self.parts.redis)
+        return ReverseCopier(self.parts.redis, metrics=self.parts.metrics)
 
     @rpc_method
     async def CleanupLegacy(

@@ -66,7 +66,7 @@ def verification_proto(run: VerificationRun) -> pb.Verification:
 class VerifyRpcs(ControllerBase):
     @functools.cached_property
     def verifier(self) -> Verifier:
-        return Verifier(self.parts.redis)
+        return Verifier(self.parts.redis, metrics=self.parts.metrics)
 
     @rpc_method
     async def VerifyMigration(
