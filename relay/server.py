@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from relay.core import logs
 from relay.core.auth import ALL_SCOPES, KeyRing, load_key_file
 from relay.core.config import Settings
-from relay.core.limits import Limits
+from relay.core.limits import Limits, trim_freed_memory
 from relay.core.malformed_requests import MalformedRequestInterceptor
 from relay.core.page_token import PageTokenCodec
 from relay.core.redis_observer import observe_redis
@@ -165,6 +165,7 @@ async def _serve(settings: Settings, role: str) -> None:
     metrics = build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
     serve_metrics(metrics, settings.metrics_listen)
     app = await start(settings, role, metrics=metrics)
+    trimming = asyncio.create_task(trim_freed_memory())  # RSS returns after floods (relay.core.limits)
     log.info("relay %s listening", role, extra={"listen": f"{settings.listen} (port {app.port})"})
     print(f"relay {role} listening on {settings.listen}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
@@ -174,6 +175,7 @@ async def _serve(settings: Settings, role: str) -> None:
     await stop.wait()
     log.info("draining in-flight calls", extra={"reason": "signal"})
     await app.stop(settings.shutdown_grace_seconds)
+    trimming.cancel()
     log.info("stopped")
 
 

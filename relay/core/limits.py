@@ -18,8 +18,10 @@ How the limits fit together, for one process:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
+from typing import Any
 
 #: The contract's bounds (protos/relay/v1/job_service.proto, mirrored by Settings).
 MAX_PARAMS_JSON_BYTES = 64 * 1024
@@ -107,3 +109,32 @@ class Limits:
             ),
             max_receive_bytes=int(env.get("RELAY_MAX_RECEIVE_BYTES", base.max_receive_bytes)),
         )
+
+
+#: How often a server gives the memory freed by large requests back to the system.
+TRIM_EVERY_SECONDS = 2.0
+
+
+def _malloc_trim() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+async def trim_freed_memory(every: float = TRIM_EVERY_SECONDS) -> None:
+    """Give freed heap memory back to the system every ``every`` seconds (glibc's malloc_trim), for good.
+
+    glibc keeps the memory of freed buffers of a few megabytes in its heap: a flood of refused 5 MB
+    requests left a server at 1.2 GB of RSS for good (with the limits here, about 270 MB). Trimming
+    returns it within seconds; it costs a walk of the heap (about a millisecond at a few hundred MB).
+    Nothing happens where there is no glibc.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return
+    while True:
+        await asyncio.sleep(every)
+        trim(0)
