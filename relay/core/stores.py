@@ -58,7 +58,10 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 #: The client never repeats a command by itself.
 NO_CLIENT_RETRY = Retry(NoBackoff(), 0)
 #: How a repeatable call is repeated: up to 3 more attempts, 10 ms doubling to at most 0.5 s, jittered.
-READ_RETRY = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3, (RedisConnectionError,))
+#: (A connection reset can surface as redis-py's ConnectionError or as the socket's own, from a pipeline.)
+READ_RETRY = Retry(
+    ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3, (RedisConnectionError, ConnectionError)
+)
 
 
 def _worth_repeating(error: Exception) -> bool:
@@ -93,6 +96,27 @@ class WaitingPool(BlockingConnectionPool):
                     f"all {self.max_connections} connections stayed busy for {self.timeout} s"
                 ) from exc
             raise
+
+    async def release(self, connection: Any) -> None:
+        # A connection given back closed failed on a dropped connection (redis-py closes it then). Its
+        # idle siblings are most likely dead too (CLIENT KILL, a restart, a failover) and a dead idle
+        # connection is not always noticed when handed out (its close may not be read yet): close them
+        # now, so that a repeated read starts on a fresh connection instead of the next dead one.
+        dropped = not connection.is_connected
+        await super().release(connection)
+        if not dropped:
+            return
+        # Taken out of the idle list first (counted as in use meanwhile), so that no caller is handed one
+        # while it is being closed; closed ones connect again when next handed out.
+        idle = [c for c in self._available_connections if c.is_connected]
+        for c in idle:
+            self._available_connections.remove(c)
+            self._in_use_connections.add(c)
+        for c in idle:
+            try:
+                await c.disconnect()
+            finally:
+                await super().release(c)
 
 
 class Topology(StrEnum):

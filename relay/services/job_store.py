@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import zip_longest
 from typing import Any
 
@@ -246,7 +247,7 @@ class JobStore:
     async def get(self, workspace_id: str, job_id: str) -> Record:
         setting = self._stages.for_workspace(workspace_id)
         # Read-only: repeated when its connection dropped (relay.core.stores, "what is repeated").
-        [record] = await repeatable(lambda: self._read_many(workspace_id, [job_id], setting))
+        [record] = await self._read_many(workspace_id, [job_id], setting)
         if record is None:
             raise NotFound("job not found", reason="JOB_NOT_FOUND")
         return record
@@ -262,14 +263,18 @@ class JobStore:
         if self._stores.shared:
             # One atomic read of every copy involved.
             both = [key for pair in zip_longest(new_keys, legacy_keys) for key in pair if key is not None]
-            replies = await self._lua.call(READ_RECORDS, keys=both) if both else []
+            replies = await repeatable(lambda: self._lua.call(READ_RECORDS, keys=both)) if both else []
             step = 2 if new_keys and legacy_keys else 1
             new_replies = replies[0::step] if new_keys else []
             legacy_replies = replies[step - 1 :: step] if legacy_keys else []
         else:
-            new_replies = await self._lua.call(READ_RECORDS, keys=new_keys) if new_keys else []
+            new_replies = (
+                await repeatable(lambda: self._lua.call(READ_RECORDS, keys=new_keys)) if new_keys else []
+            )
             legacy_replies = (
-                await self._legacy_lua.call(READ_RECORDS, keys=legacy_keys) if legacy_keys else []
+                await repeatable(lambda: self._legacy_lua.call(READ_RECORDS, keys=legacy_keys))
+                if legacy_keys
+                else []
             )
         news, legacies = iter(new_replies), iter(legacy_replies)
         out: list[Record | None] = []
@@ -334,10 +339,9 @@ class JobStore:
         """
         setting = self._stages.for_workspace(workspace_id)
         filters = f"status={status}"
-        # Read-only: the whole page is repeated when a connection dropped (relay.core.stores).
-        return await repeatable(
-            lambda: self._list_page(workspace_id, setting, filters, page_size, page_token, status)
-        )
+        # Every Redis call of a page is a read, repeated alone when its connection dropped (the page keeps
+        # its progress): relay.core.stores, "what is repeated".
+        return await self._list_page(workspace_id, setting, filters, page_size, page_token, status)
 
     async def _list_page(
         self,
@@ -365,8 +369,10 @@ class JobStore:
         if not setting.stage.reads_legacy:
             return {"p": "index", "m": "", "t": 0, "l": 0}
         # The listing's start on the clock of the node that scores the workspace's late index.
-        began = int(await self._lua.call(NOW, keys=[self._keys.job_index_late(workspace_id)]))
-        indexed = await self._redis.exists(self._keys.legacy_indexed)
+        began = int(
+            await repeatable(lambda: self._lua.call(NOW, keys=[self._keys.job_index_late(workspace_id)]))
+        )
+        indexed = await repeatable(lambda: self._redis.exists(self._keys.legacy_indexed))
         return {"p": "index", "m": "", "t": began, "l": 0 if indexed else 1}
 
     async def _list_index(
@@ -387,8 +393,9 @@ class JobStore:
             # One member beyond the page tells whether another page exists, so a listing that ends on a
             # page boundary ends there instead of with an empty page.
             fetch = need + 1 if not status else max(need * 2, 100)
-            members = await self._redis.zrevrangebylex(
-                index, max=b"(" + after.encode() if after else b"+", min=b"-", start=0, num=fetch
+            top = b"(" + after.encode() if after else b"+"
+            members = await repeatable(
+                partial(self._redis.zrevrangebylex, index, max=top, min=b"-", start=0, num=fetch)
             )
             names = [m.decode() for m in members]
             more = len(names) == fetch
@@ -430,7 +437,9 @@ class JobStore:
 
     async def _indexed_late(self, workspace_id: str, members: Sequence[str], began: int) -> set[str]:
         """The members a backfill indexed after the listing began (the legacy phase lists them)."""
-        scores = await self._redis.zmscore(self._keys.job_index_late(workspace_id), list(members))
+        scores = await repeatable(
+            lambda: self._redis.zmscore(self._keys.job_index_late(workspace_id), list(members))
+        )
         return {m for m, score in zip(members, scores, strict=True) if score is not None and score > began}
 
     async def _list_legacy(
@@ -460,7 +469,9 @@ class JobStore:
         began = int(state.get("t", 0))
         steps = calls = 0
         while steps < LEGACY_SCANS_PER_PAGE and calls < LEGACY_SCAN_CALLS_PER_PAGE:
-            next_cursor, keys = await self._legacy.scan(cursor, match=LEGACY_JOB_PATTERN, count=count)
+            next_cursor, keys = await repeatable(
+                partial(self._legacy.scan, cursor, match=LEGACY_JOB_PATTERN, count=count)
+            )
             calls += 1
             found = await self._unindexed_legacy(
                 workspace_id, sorted(k for k in set(keys) if k > after), status, began
@@ -510,24 +521,35 @@ class JobStore:
         index, late = self._keys.job_index(workspace_id), self._keys.job_index_late(workspace_id)
         if not keys:
             return []
-        found = await self._legacy_lua.call(LEGACY_KEYS_OF_WORKSPACE, keys=keys, args=[workspace_id, status])
+        found = await repeatable(
+            lambda: self._legacy_lua.call(LEGACY_KEYS_OF_WORKSPACE, keys=keys, args=[workspace_id, status])
+        )
         if not found:
             return []
-        mine = []
-        scores = self._redis.pipeline(transaction=False)
-        reads = self._legacy.pipeline(transaction=False)
+        mine, members = [], []
         for n in range(0, len(found), 3):
             key = keys[int(found[n]) - 1]
             job_id = found[n + 1].decode("utf-8", "replace") or KeyLayout.job_id_of_legacy(
                 key.decode("utf-8", "replace")
             )
             mine.append((key, job_id))
-            member = codec.index_member(job_id, found[n + 2].decode("utf-8", "replace"))
-            scores.zscore(index, member)
-            scores.zscore(late, member)
-            reads.hgetall(key)
-        index_scores = await scores.execute(raise_on_error=False)
-        records = await reads.execute(raise_on_error=False)
+            members.append(codec.index_member(job_id, found[n + 2].decode("utf-8", "replace")))
+
+        async def read_scores() -> list[Any]:  # a pipeline is built again for each attempt
+            scores = self._redis.pipeline(transaction=False)
+            for member in members:
+                scores.zscore(index, member)
+                scores.zscore(late, member)
+            return await scores.execute(raise_on_error=False)
+
+        async def read_records() -> list[Any]:
+            reads = self._legacy.pipeline(transaction=False)
+            for key, _ in mine:
+                reads.hgetall(key)
+            return await reads.execute(raise_on_error=False)
+
+        index_scores = await repeatable(read_scores)
+        records = await repeatable(read_records)
         out = []
         for (key, job_id), score, late_score, raw in zip(
             mine, index_scores[::2], index_scores[1::2], records, strict=True
