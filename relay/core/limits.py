@@ -6,14 +6,17 @@ How the limits fit together, for one process:
 - gRPC runs at most ``max_concurrent_rpcs`` calls at once; one more is refused at once with
   RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded"), before its request is read or parsed.
 - The calls that run share one pool of ``redis_pool_size`` connections per store. A call waits for a free
-  connection (a blocking pool, FIFO) at most ``redis_pool_timeout_seconds``, well below any deadline a
-  caller sets (clients of Relay use 5 s and more), and then fails RESOURCE_EXHAUSTED (STORE_BUSY), never
-  UNAVAILABLE: the store is up, it is only busy. A Redis call takes well under a millisecond, so a pool
-  of 64 serves thousands of calls a second and the 1,000th caller in a burst waits milliseconds.
+  connection (a blocking pool) at most ``redis_pool_timeout_seconds`` (2 s: below the deadlines callers
+  should set, 5 s and more, so the caller hears why), and then fails RESOURCE_EXHAUSTED (STORE_BUSY),
+  never UNAVAILABLE: the store is up, this process is only busy. A Redis call takes well under a
+  millisecond, so 64 connections serve thousands of calls a second and a burst of 500 waits briefly.
 - Stage refresh and lease renewal have their own small pool (``CONTROL_POOL_SIZE``): a flood of callers
   never delays a stage change or makes a controller lose its lease.
 - A request larger than ``max_receive_bytes`` is refused by gRPC (RESOURCE_EXHAUSTED) without being
-  parsed; every valid request fits (see :func:`max_valid_request_bytes`).
+  parsed; every valid request fits (see :func:`max_valid_request_bytes`: about 34.5 MiB, since JSON of
+  small numbers grows 5.5 times in protobuf). Params and results too large as JSON are refused before
+  they are converted (their wire size already says so), and freed memory is given back to the system
+  (:func:`trim_freed_memory`), so that floods of refused large requests leave RSS flat.
 """
 
 from __future__ import annotations

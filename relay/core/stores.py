@@ -42,8 +42,9 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 # CLAIM would mark a job running that nobody holds. So Relay's clients repeat nothing on their own
 # (``NO_CLIENT_RETRY``), and the call sites that are safe to repeat say so with :func:`repeatable`:
 #
-# - every read: GetJob and ListJobs whole (READ_RECORDS, NOW, LEGACY_KEYS_OF_WORKSPACE, ZREVRANGEBYLEX,
-#   ZMSCORE, SCAN, HGETALL: read-only, so a repeat returns what the first would have);
+# - every read of GetJob and ListJobs, each Redis call alone so that a page keeps its progress
+#   (READ_RECORDS, NOW, LEGACY_KEYS_OF_WORKSPACE, ZREVRANGEBYLEX, ZMSCORE, SCAN, pipelines of ZSCORE and
+#   HGETALL: read-only, so a repeat returns what the first would have);
 # - the stage refresh and the api key lookups (reads);
 # - nothing that writes: ENQUEUE (a repeat without a client_request_id enqueues again), UPDATE_STATUS (a
 #   repeat of an applied update bumps the revision or answers JOB_FINISHED), TAKE and CLAIM (a repeat
@@ -52,8 +53,10 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 # The controller's steps keep their own retries (``_retrying`` around scripts idempotent by construction:
 # COPY_BATCH skips a key already copied, lease renewal re-sets the same holder).
 #
-# A connection that Redis closed while it sat in the pool (CLIENT KILL, a timeout) costs nothing either
-# way: the pool sees it closed when it hands it out and connects again before the command is sent.
+# A connection that Redis closed while it sat in the pool (CLIENT KILL, a timeout) is mostly seen closed
+# when the pool hands it out, and connected again before a command is sent; when it is not (its close
+# not read yet), the command fails, and :class:`WaitingPool` then closes the idle ones with it, so that
+# the repeat of a read starts on a fresh connection.
 
 #: The client never repeats a command by itself.
 NO_CLIENT_RETRY = Retry(NoBackoff(), 0)
@@ -74,7 +77,7 @@ async def repeatable(call: Callable[[], Awaitable[T]]) -> T:
     """Run ``call`` (safe to repeat: reads only), again with backoff when its connection dropped."""
 
     async def note(error: Exception) -> None:
-        log.info("redis connection dropped; repeating a read", extra={"error": type(error).__name__})
+        log.info("redis connection dropped; repeating a read", extra={"reason": type(error).__name__})
 
     return await READ_RETRY.call_with_retry(call, note, is_retryable=_worth_repeating)
 

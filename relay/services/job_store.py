@@ -241,7 +241,7 @@ class JobStore:
     def _count_undecodable(self, field: str) -> None:
         self._metrics.undecodable_fields.add(1, {"field": field})
         log.warning(
-            "a stored field cannot be carried by protobuf; served as text or left out", extra={"field": field}
+            "a stored field protobuf cannot carry: served as text or left out", extra={"fields": field}
         )
 
     async def get(self, workspace_id: str, job_id: str) -> Record:
