@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from relay.core import logs, redis_client
 from relay.core.auth import ALL_SCOPES, KeyRing, load_key_file
 from relay.core.config import Settings
+from relay.core.limits import Limits, trim_freed_memory
 from relay.core.malformed_requests import MalformedRequestInterceptor
 from relay.core.page_token import PageTokenCodec
 from relay.core.redis_observer import observe_redis
@@ -82,11 +83,16 @@ class App:
         return self.stores.new  # type: ignore[return-value]
 
 
-def grpc_server(metrics: Metrics) -> grpc.aio.Server:
-    """The grpc.aio server every role runs on, with its interceptors (bench/'s no-op baseline uses it too)."""
+def grpc_server(metrics: Metrics, limits: Limits | None = None) -> grpc.aio.Server:
+    """The grpc.aio server every role runs on, with its interceptors (bench/'s no-op baseline uses it too).
+
+    Its receive limit admits the largest valid request and no more, and it runs at most
+    ``max_concurrent_rpcs`` calls at once (``relay.core.limits``)."""
+    limits = limits or Limits.from_env()
     return grpc.aio.server(
         interceptors=[RpcObserver(metrics), MalformedRequestInterceptor()],
-        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+        options=[("grpc.max_receive_message_length", limits.receive_bytes)],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
 
 
@@ -187,6 +193,7 @@ async def _serve(settings: Settings, role: str) -> None:
     except BaseException:
         metrics.shutdown()
         raise
+    trimming = asyncio.create_task(trim_freed_memory())  # RSS returns after floods (relay.core.limits)
     how = settings.tls.describe()
     log.info("relay %s listening (%s)", role, how, extra={"listen": f"{settings.listen} (port {app.port})"})
     print(f"relay {role} listening on {settings.listen} ({how})", file=sys.stderr, flush=True)
@@ -200,6 +207,7 @@ async def _serve(settings: Settings, role: str) -> None:
     if console is not None:
         await console.stop()  # first: its event streams are calls to the controller
     await app.stop(settings.shutdown_grace_seconds)
+    trimming.cancel()
     metrics.shutdown()  # a last OTLP push, when one is configured
     log.info("stopped")
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
-import time
 
 import grpc
 import pytest
-import redis as sync_redis
 
+from relay.controller.backfill import runner as backfill_runner
 from relay.core.rpc_errors import error_info
 from relay.v1 import backfill_pb2 as bpb
 from tests.backfill_support import counts_add_up, events_of, seed_clean, wait_until
@@ -256,35 +254,31 @@ async def test_the_rate_limit_holds(relay, redis, keys, rate):
     assert measured >= rate * (0.7 if rate <= 2000 else 0.1), measured
 
 
-async def test_a_slow_redis_makes_the_backfill_brake_and_say_why(start_relay, redis_server, redis, keys):
+async def test_a_slow_redis_makes_the_backfill_brake_and_say_why(start_relay, redis, keys, monkeypatch):
+    """Deterministic: the latency is injected into the controller's latency probe (a PING), for exactly
+    the two probes in a row that the brake needs, after the first two batches of thirty; no race with a
+    thread of DEBUG SLEEP against a backfill that might end first."""
     relay = await start_relay(backfill_latency_ceiling_seconds=0.005)
     await seed_clean(redis, 3000)
-    stop = threading.Event()
+    monkeypatch.setattr(backfill_runner, "PROBE_EVERY_SECONDS", 0.0)  # a probe after every batch
+    client = relay.app.stores.new
+    real_ping = client.ping
+    slow_pings = 2
 
-    def slow_redis() -> None:  # another client, in its own thread, keeps Redis busy 20 ms at a time
-        client = sync_redis.Redis.from_url(redis_server.url)
-        while not stop.is_set():
-            client.execute_command("DEBUG", "SLEEP", "0.02")
-            time.sleep(0.002)
-        client.close()
+    async def slow_ping(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal slow_pings
+        if slow_pings > 0:
+            slow_pings -= 1
+            await asyncio.sleep(0.02)  # Redis answering in 20 ms, above the 5 ms ceiling
+            return await real_ping(*args, **kwargs)
+        return True  # Redis recovered: answers at once, so the brake releases
 
-    slowing = threading.Thread(target=slow_redis, daemon=True)
-    slowing.start()
-    events: list[bpb.BackfillEvent] = []
-    try:
-        stream = relay.controller.StartBackfill(
-            bpb.StartBackfillRequest(batch_size=100), metadata=admin(keys)
-        )
-        async for event in stream:
-            events.append(event)
-            if event.kind == bpb.BACKFILL_EVENT_KIND_THROTTLED:
-                stop.set()  # Redis recovers: the backfill speeds up again and finishes
-    finally:
-        stop.set()
-        await asyncio.to_thread(slowing.join)
+    monkeypatch.setattr(client, "ping", slow_ping)
+    stream = relay.controller.StartBackfill(bpb.StartBackfillRequest(batch_size=100), metadata=admin(keys))
+    events = [event async for event in stream]
 
     throttled = [e for e in events if e.kind == bpb.BACKFILL_EVENT_KIND_THROTTLED]
-    assert throttled
+    assert len(throttled) == 1 and slow_pings == 0
     assert "5 ms latency ceiling" in throttled[0].reason
     assert events[-1].kind == bpb.BACKFILL_EVENT_KIND_COMPLETED
     assert events[-1].backfill.progress.scanned == 3000

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from relay.core.keys import KEYS
+from relay.core.limits import Limits
 from relay.core.rpc_errors import error_info
 from relay.v1 import backfill_pb2, cleanup_pb2, migration_controller_pb2, stage_pb2, verification_pb2
 from relay.v1 import job_service_pb2 as pb
@@ -223,7 +224,7 @@ async def test_any_read_is_answered_precisely_and_changes_nothing(world, data, r
 async def test_a_message_beyond_the_size_limit_is_resource_exhausted(world):
     before = await world.digest()
     request = pb.ExecuteRequest(
-        actions=[pb.Action(provider="openai", action="chat")], actor_id="x" * (9 << 20)
+        actions=[pb.Action(provider="openai", action="chat")], actor_id="x" * (Limits().receive_bytes + 1)
     )
     outcome = await call(world.channel, request, world.md("ws_a"))
     assert outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED

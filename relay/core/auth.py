@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from relay.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from relay.core.ids import is_workspace_id
 from relay.core.keys import KEYS
+from relay.core.stores import repeatable
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -141,7 +142,7 @@ class KeyRing:
         cached = self._cache.get(digest)
         if cached and cached[0] > now:
             return cached[1]
-        raw = await self._redis.hgetall(KEYS.api_key(digest))
+        raw = await repeatable(lambda: self._redis.hgetall(KEYS.api_key(digest)))  # a read
         principal = None
         if raw:
             data = {k.decode(): v.decode() for k, v in raw.items()}

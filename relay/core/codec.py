@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -208,7 +209,37 @@ def _loads(text: str) -> tuple[bool, Any]:
         return False, None
 
 
-def to_proto(record: Record) -> pb.Job:
+#: A Struct or Value whose protobuf encoding would pass this is served as its JSON text instead: a page
+#: of jobs must fit a default client's 4 MiB receive limit, and JSON of small numbers grows up to 5.5
+#: times in protobuf (a 1 MiB result of ``[0,0,...]`` would be 5.5 MiB). The text is never larger.
+MAX_STRUCT_WIRE_BYTES = 1024 * 1024 + 64 * 1024
+
+
+def _struct_of(text: str, target: struct_pb2.Struct | struct_pb2.Value, is_params: bool) -> bool:
+    """Fill ``target`` from JSON ``text``; False when protobuf cannot carry it (the caller serves text)."""
+    ok, value = _loads(text)
+    if not ok or json_depth(value) > MAX_JSON_DEPTH or (is_params and not isinstance(value, dict)):
+        return False
+    try:
+        if is_params:
+            target.update(value)  # type: ignore[union-attr]
+        else:
+            json_format.ParseDict(value, target)
+    except (json_format.ParseError, ValueError, TypeError, OverflowError, RecursionError):
+        # OverflowError: an integer of hundreds of digits is no double.
+        return False
+    return target.ByteSize() <= MAX_STRUCT_WIRE_BYTES
+
+
+def to_proto(record: Record, lossy: Callable[[str], None] | None = None) -> pb.Job:
+    """The record as a Job. Never raises on stored data (DESIGN.md, invariant 9): params or a result that
+    protobuf cannot carry are served as ``params_text``/``result_text``, a time out of Timestamp's range is
+    left unset; ``lossy`` is told the field of each such case (to count it)."""
+
+    def note(field: str) -> None:
+        if lossy is not None:
+            lossy(field)
+
     job = pb.Job(
         job_id=record.get("job_id", ""),
         workspace_id=record.get("workspace_id", ""),
@@ -220,34 +251,35 @@ def to_proto(record: Record) -> pb.Job:
         revision=revision(record),
     )
     params = record.get("params", "")
-    if params and not _from_encoded(job.params, params, record.get("params_pb", "")):
-        ok, value = _loads(params)
-        if ok and isinstance(value, dict) and json_depth(value) <= MAX_JSON_DEPTH:
-            try:
-                job.params.update(value)
-            except (ValueError, TypeError):
-                job.params_text = params
-        else:
-            job.params_text = params
+    if params and not (
+        _from_encoded(job.params, params, record.get("params_pb", ""))
+        or _struct_of(params, job.params, is_params=True)
+    ):
+        job.ClearField("params")
+        job.params_text = params
+        note("params")
     result = record.get("result", "")
-    if result and not _from_encoded(job.result, result, record.get("result_pb", "")):
-        ok, value = _loads(result)
-        if ok and json_depth(value) <= MAX_JSON_DEPTH:
-            try:
-                json_format.ParseDict(value, job.result)
-            except (json_format.ParseError, ValueError, TypeError):
-                job.result_text = result
-        else:
-            job.result_text = result
+    if result and not (
+        _from_encoded(job.result, result, record.get("result_pb", ""))
+        or _struct_of(result, job.result, is_params=False)
+    ):
+        job.ClearField("result")
+        job.result_text = result
+        note("result")
     for field, target in (
         ("enqueued_at", job.enqueue_time),
         ("started_at", job.start_time),
         ("finished_at", job.finish_time),
     ):
         micros = _epoch_micros(parse_time(record.get(field)))
-        if micros is not None:
-            # Set directly: FromDatetime costs three times as much per field.
-            target.FromMicroseconds(micros)
+        if micros is None:
+            # Absent, unreadable, or out of Timestamp's range (such as 9999-12-31T23:59:59-05:00, after
+            # the end of year 9999 in UTC): left unset, and counted when the record had a value.
+            if record.get(field):
+                note(field)
+            continue
+        # Set directly: FromDatetime costs three times as much per field.
+        target.FromMicroseconds(micros)
     return job
 
 

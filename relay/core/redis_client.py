@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 log = logging.getLogger("relay.redis")
@@ -76,27 +76,21 @@ def connect(url: str, tls: RedisTLS | None = None, *, what: str = "REDIS_URL", *
 
         log.warning(f"{what} is not set: using an embedded in-memory store; all data is lost at exit")
         return FakeAsyncRedis(server=FakeServer(version=(7, 0)))
+    return Redis.from_url(url, **{**DEFAULT_OPTIONS, **options, **tls_options(url, tls, what=what)})
+
+
+def tls_options(url: str, tls: RedisTLS | None, *, what: str = "REDIS_URL") -> dict[str, Any]:
+    """The redis-py options that ``tls`` adds for ``url`` (none unless it is ``rediss://``; the URL's own
+    query wins); refuses a URL scheme Relay does not speak."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"{what} must be redis://, rediss:// or unix://, not {redact(url)!r}")
-    kwargs = {**DEFAULT_OPTIONS, **options}
     if parts.scheme == "rediss" and tls is not None:
         given = parse_qs(parts.query)
-        kwargs.update({k: v for k, v in tls.options().items() if k not in given})
-    elif parts.scheme != "rediss" and tls is not None and tls.options():
+        return {k: v for k, v in tls.options().items() if k not in given}
+    if tls is not None and tls.options():
         log.warning(f"{what} is not a rediss:// URL: the Redis TLS files are not used for it")
-    return Redis.from_url(url, **kwargs)
-
-
-def connect_cluster(url: str, tls: RedisTLS | None = None, **options: Any) -> RedisCluster:
-    """A Redis Cluster client from any node's ``url`` (not yet initialized); TLS and ACL users as for
-    :func:`connect`."""
-    parts = urlsplit(url)
-    kwargs = {k: v for k, v in {**DEFAULT_OPTIONS, **options}.items() if k != "health_check_interval"}
-    if parts.scheme == "rediss" and tls is not None:
-        given = parse_qs(parts.query)
-        kwargs.update({k: v for k, v in tls.options().items() if k not in given})
-    return RedisCluster.from_url(url, **kwargs)
+    return {}
 
 
 async def probe_restart_detection(redis: Redis) -> bool:

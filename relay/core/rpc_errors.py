@@ -84,6 +84,12 @@ def classify(exc: BaseException) -> errors.RelayError | None:
     """The domain error an exception stands for, or None when it is a bug."""
     if isinstance(exc, errors.RelayError):
         return exc
+    if isinstance(exc, redis_errors.MaxConnectionsError):
+        # Every Redis connection stayed busy for the pool's timeout: the store is up, this process is
+        # overloaded (DESIGN.md, invariant 10).
+        return errors.ResourceExhausted(
+            "the job store's connections are all busy, retry with backoff", reason="STORE_BUSY"
+        )
     if isinstance(exc, TRANSIENT_STORE_ERRORS) or _torn_down_connection(exc):
         return errors.Unavailable("the job store is unavailable, retry with backoff")
     if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN")):

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from relay.core.keys import KEYS
 from relay.core.stages import GLOBAL_FIELD, Stage, StageSetting, StageTable
+from relay.core.stores import control_client_of, repeatable
 
 log = logging.getLogger("relay.stages")
 
@@ -24,7 +25,8 @@ class StageView:
     """A replica's cached stage table, refreshed in the background."""
 
     def __init__(self, redis: Redis, default_stage: Stage, refresh_seconds: float = 0.5):
-        self._redis = redis
+        # Its own connections, beside the services' pool: a flood of callers never delays a stage change.
+        self._redis = control_client_of(redis)
         self._fallback = StageSetting(default_stage, source="environment")
         self._refresh_seconds = refresh_seconds
         self.table = StageTable(self._fallback)
@@ -35,7 +37,7 @@ class StageView:
         return self.table.for_workspace(workspace_id)
 
     async def refresh(self) -> StageTable:
-        raw = await self._redis.hgetall(KEYS.stage)
+        raw = await repeatable(lambda: self._redis.hgetall(KEYS.stage))
         self.table = StageTable.from_hash(raw, self._fallback)
         return self.table
 

@@ -203,6 +203,10 @@ class Metrics:
         self.foreign_records = c(
             "relay_foreign_records", description="Records under a key of another workspace, served to nobody"
         )
+        self.undecodable_fields = c(
+            "relay_undecodable_fields",
+            description="Stored fields protobuf cannot carry, served as text or left unset, by field",
+        )
         self.replica_repairs = c(
             "relay_replica_repairs", description="Replica writes a crash left owed, replayed by the repairer"
         )

@@ -17,6 +17,7 @@ from redis.asyncio import Redis, RedisCluster
 from relay.core import codec
 from relay.core.codec import Record
 from relay.core.errors import NotFound
+from relay.core.foreign import note_foreign
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_QUEUE_MEMBER, KeyLayout
 from relay.core.lua import LuaScripts
@@ -25,6 +26,7 @@ from relay.core.lua.jobs import CLAIM
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage
 from relay.core.stores import Stores
+from relay.core.telemetry import Metrics
 from relay.services.split_writes import SplitWrites
 
 log = logging.getLogger("relay.jobs")
@@ -61,7 +63,9 @@ class Claims:
         split: SplitWrites | None,
         keys: KeyLayout = KEYS,
         claim_timeout_seconds: float = CLAIM_TIMEOUT_SECONDS,
+        metrics: Metrics | None = None,
     ):
+        self._metrics = metrics
         self._stores = stores
         self._stages = stages
         self._split = split
@@ -148,6 +152,9 @@ class Claims:
                 ],
                 args=[entry, workspace_id, codec.now_iso(), *_layout_flags(stage)],
             )
+            if raw[0] == b"1":
+                note_foreign(self._metrics, job_id)  # not claimable here, left untouched
+            raw = raw[1:]
             return codec.decode(dict(zip(raw[::2], raw[1::2], strict=True))) if raw else None
         now = codec.now_iso()
 

@@ -12,6 +12,7 @@ from relay.core.auth import SCOPE_EXECUTE, SCOPE_PREVIEW, SCOPE_WORK, KeyRing
 from relay.core.config import Settings
 from relay.core.errors import InvalidArgument
 from relay.core.ids import check_client_request_id, check_job_id, check_workspace_id
+from relay.core.limits import WIRE_PER_JSON_BYTE
 from relay.core.rpc_errors import rpc_method
 from relay.services.job_store import JobStore, NewAction
 from relay.v1 import job_service_pb2 as pb
@@ -60,8 +61,11 @@ class JobServicer(pb_grpc.JobServiceServicer):
             field = f"actions[{n}]"
             provider = _required_name(action.provider, f"{field}.provider")
             name = _required_name(action.action, f"{field}.action")
-            params_json = _json_of(codec.struct_json, action.params, f"{field}.params")
-            if len(params_json.encode()) > self._settings.max_params_bytes:
+            # Refused before it is converted when even its wire size says it is too large: JSON is never
+            # smaller than 1/WIRE_PER_JSON_BYTE of it (a 5 MB Struct would cost ~50 MB as Python dicts).
+            too_large = action.params.ByteSize() > self._settings.max_params_bytes * WIRE_PER_JSON_BYTE
+            params_json = "" if too_large else _json_of(codec.struct_json, action.params, f"{field}.params")
+            if too_large or len(params_json.encode()) > self._settings.max_params_bytes:
                 raise InvalidArgument(
                     f"{field}.params", f"must be at most {self._settings.max_params_bytes} bytes as JSON"
                 )
@@ -77,7 +81,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         principal.require(SCOPE_PREVIEW)
         workspace_id = principal.workspace()
         record = await self._store.get(workspace_id, check_job_id(request.job_id))
-        return pb.GetJobResponse(job=codec.to_proto(record))
+        return pb.GetJobResponse(job=self._store.to_proto(record))
 
     @rpc_method
     async def ListJobs(
@@ -95,9 +99,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 raise InvalidArgument("status", "is not a known JobStatus")
             status = codec.STATUS_FROM_PROTO[request.status]
         page = await self._store.list(workspace_id, page_size, request.page_token, status)
-        return pb.ListJobsResponse(
-            jobs=[codec.to_proto(r) for r in page.records], next_page_token=page.next_page_token
-        )
+        return pb.ListJobsResponse(jobs=page.jobs, next_page_token=page.next_page_token)
 
     @rpc_method
     async def ClaimJob(
@@ -107,7 +109,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         principal.require(SCOPE_WORK)
         _bounded_text(request.worker_id, "worker_id", MAX_NAME_CHARS)
         record = await self._store.claim()
-        return pb.ClaimJobResponse(job=codec.to_proto(record)) if record else pb.ClaimJobResponse()
+        return pb.ClaimJobResponse(job=self._store.to_proto(record)) if record else pb.ClaimJobResponse()
 
     @rpc_method
     async def UpdateJobStatus(
@@ -120,17 +122,22 @@ class JobServicer(pb_grpc.JobServiceServicer):
         status = WORKER_STATUSES.get(request.status)
         if status is None:
             raise InvalidArgument("status", "must be RUNNING, COMPLETED or FAILED")
+        too_large = request.result.ByteSize() > self._settings.max_result_bytes * WIRE_PER_JSON_BYTE
         result_json = (
-            _json_of(codec.value_json, request.result, "result") if request.HasField("result") else None
+            _json_of(codec.value_json, request.result, "result")
+            if request.HasField("result") and not too_large
+            else None
         )
-        if result_json is not None and len(result_json.encode()) > self._settings.max_result_bytes:
+        if too_large or (
+            result_json is not None and len(result_json.encode()) > self._settings.max_result_bytes
+        ):
             raise InvalidArgument(
                 "result", f"must be at most {self._settings.max_result_bytes} bytes as JSON"
             )
         error = _bounded_text(request.error, "error", MAX_ERROR_CHARS) if request.error else None
         result_pb = codec.encoded(result_json, request.result) if result_json is not None else ""
         record = await self._store.update_status(workspace_id, job_id, status, result_json, error, result_pb)
-        return pb.UpdateJobStatusResponse(job=codec.to_proto(record))
+        return pb.UpdateJobStatusResponse(job=self._store.to_proto(record))
 
 
 def _optional_workspace_id(value: str) -> str:

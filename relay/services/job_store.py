@@ -5,15 +5,20 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import zip_longest
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
 from relay.core import codec
 from relay.core.codec import Record
 from relay.core.errors import FailedPrecondition, NotFound
+from relay.core.foreign import note_foreign
 from relay.core.ids import new_job_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, KeyLayout
+from relay.core.limits import PAGE_BYTE_BUDGET
 from relay.core.lua import LuaScripts
 from relay.core.lua.jobs import (
     ENQUEUE,
@@ -28,11 +33,12 @@ from relay.core.page_token import PageTokenCodec
 from relay.core.replication import ReplicaWait
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage, StageSetting
-from relay.core.stores import Stores
+from relay.core.stores import Stores, repeatable
 from relay.core.telemetry import Metrics
 from relay.services.job_claims import CLAIM_TIMEOUT_SECONDS, Claims
 from relay.services.listing_cursor import INDEX, LEGACY, ListingCursor
 from relay.services.split_writes import SplitWrites
+from relay.v1 import job_service_pb2 as pb
 
 log = logging.getLogger("relay.jobs")
 
@@ -60,6 +66,52 @@ class NewAction:
 class Page:
     records: list[Record]
     next_page_token: str
+    #: The records as Jobs, in the same order (converted once, to weigh the page).
+    jobs: list[pb.Job] = field(default_factory=list)
+
+
+class _PageBytes:
+    """The jobs of a page as they are taken, and whether the next one still fits the byte budget: a page
+    holds at least one job, and never passes ``budget`` bytes of encoded jobs after its first."""
+
+    def __init__(self, store: JobStore, budget: int):
+        self._store = store
+        self.left = budget
+        self.jobs: list[pb.Job] = []
+        # Jobs weighed but not taken yet, by record (kept alive with it, so that no id is reused).
+        self._pending: dict[int, tuple[Record, pb.Job]] = {}
+
+    def _job(self, record: Record) -> pb.Job:
+        known = self._pending.get(id(record))
+        if known is not None and known[0] is record:
+            return known[1]
+        job = self._store.to_proto(record)
+        self._pending[id(record)] = (record, job)
+        return job
+
+    def fits(self, record: Record) -> bool:
+        # Each job costs its bytes, its tag and its length prefix in ListJobsResponse.
+        return not self.jobs or self._job(record).ByteSize() + 6 <= self.left
+
+    def take(self, record: Record) -> None:
+        job = self._job(record)
+        self._pending.pop(id(record), None)
+        self.left -= job.ByteSize() + 6
+        self.jobs.append(job)
+
+    def fitting(self, records: Sequence[Record]) -> int:
+        """How many of ``records``, in order, the page still has room for (by bytes only)."""
+        left, empty = self.left, not self.jobs
+        for n, record in enumerate(records):
+            size = self._job(record).ByteSize() + 6
+            if not (empty and n == 0) and size > left:
+                return n
+            left -= size
+        return len(records)
+
+    @property
+    def full(self) -> bool:
+        return bool(self.jobs) and self.left <= 0
 
 
 class JobStore:
@@ -84,7 +136,7 @@ class JobStore:
         self._split = (
             None if self._stores.shared else SplitWrites(self._stores, idempotency_ttl_seconds, keys)
         )
-        self._claims = Claims(self._stores, stages, self._split, keys, claim_timeout_seconds)
+        self._claims = Claims(self._stores, stages, self._split, keys, claim_timeout_seconds, metrics)
         self._stages = stages
         self._tokens = tokens
         self._metrics = metrics
@@ -192,6 +244,8 @@ class JobStore:
             ],
         )
         outcome = reply[0].decode()
+        if reply[-1] == b"1":
+            note_foreign(self._metrics, job_id)  # left untouched by the update
         if outcome == "NOT_FOUND":
             raise NotFound("job not found", reason="JOB_NOT_FOUND")
         if outcome == "TERMINAL":
@@ -212,8 +266,19 @@ class JobStore:
         return record
 
     # --- reads -------------------------------------------------------------------------------
+    def to_proto(self, record: Record) -> pb.Job:
+        """The record as a Job; what protobuf cannot carry is served as text or left unset, and counted."""
+        return codec.to_proto(record, self._count_undecodable)
+
+    def _count_undecodable(self, field: str) -> None:
+        self._metrics.undecodable_fields.add(1, {"field": field})
+        log.warning(
+            "a stored field protobuf cannot carry: served as text or left out", extra={"fields": field}
+        )
+
     async def get(self, workspace_id: str, job_id: str) -> Record:
         setting = self._stages.for_workspace(workspace_id)
+        # Read-only: repeated when its connection dropped (relay.core.stores, "what is repeated").
         [record] = await self._read_many(workspace_id, [job_id], setting)
         if record is None:
             raise NotFound("job not found", reason="JOB_NOT_FOUND")
@@ -222,22 +287,44 @@ class JobStore:
     async def _read_many(
         self, workspace_id: str, job_ids: Sequence[str], setting: StageSetting
     ) -> list[Record | None]:
-        """Each job as the stage reads it, from one atomic read of every copy involved (two reads, one per
-        store, in a split topology).
-
-        Both copies are read whenever the stage reads both layouts: after a rollback to legacy only, the
-        legacy copy can be the newer one, and the higher revision wins.
-        """
+        """Each job as the stage reads it, from one atomic read of every copy involved."""
         stage = setting.stage
-        news, legacies = await self._read_layouts(
-            workspace_id,
-            job_ids if stage.reads_new else [],
-            job_ids if stage.reads_legacy or setting.shadow else [],
-        )
+        read_legacy = stage.reads_legacy or setting.shadow
+        new_keys = [self._keys.new_job(workspace_id, j) for j in job_ids] if stage.reads_new else []
+        legacy_keys = [self._keys.legacy_job(j) for j in job_ids] if read_legacy else []
+        if self._stores.shared:
+            # One atomic read of every copy involved.
+            both = [key for pair in zip_longest(new_keys, legacy_keys) for key in pair if key is not None]
+            replies = await repeatable(lambda: self._lua.call(READ_RECORDS, keys=both)) if both else []
+            step = 2 if new_keys and legacy_keys else 1
+            new_replies = replies[0::step] if new_keys else []
+            legacy_replies = replies[step - 1 :: step] if legacy_keys else []
+        else:
+            new_replies = (
+                await repeatable(lambda: self._lua.call(READ_RECORDS, keys=new_keys)) if new_keys else []
+            )
+            legacy_replies = (
+                await repeatable(lambda: self._legacy_lua.call(READ_RECORDS, keys=legacy_keys))
+                if legacy_keys
+                else []
+            )
+        news, legacies = iter(new_replies), iter(legacy_replies)
         out: list[Record | None] = []
         paths: Counter[str] = Counter()
         for job_id in job_ids:
-            new, legacy = news.get(job_id), legacies.get(job_id)
+            new = _flat_record(next(news)) if stage.reads_new else None
+            legacy = _flat_record(next(legacies)) if read_legacy else None
+            if legacy is not None and legacy.get("workspace_id") != workspace_id:
+                legacy = None  # another workspace's job looks exactly like a missing one
+            if new is not None and new.get("workspace_id", workspace_id) != workspace_id:
+                # Another workspace's record under this workspace's key (a bad restore, a buggy tool):
+                # served to nobody here, counted, logged without its data.
+                note_foreign(self._metrics, job_id)
+                new = None
+            for record in (new, legacy):
+                if record is not None:
+                    record.setdefault("job_id", job_id)
+                    record.setdefault("workspace_id", workspace_id)
             if setting.shadow and new is not None and legacy is not None:
                 self._shadow_compare(job_id, new, legacy)
             record, path = self._choose(new, legacy, setting)
@@ -246,40 +333,6 @@ class JobStore:
         for path, count in paths.items():  # one metric update per path, not per record
             self._metrics.read_path.add(count, {"path": path})
         return out
-
-    async def _read_layouts(
-        self, workspace_id: str, new_ids: Sequence[str], legacy_ids: Sequence[str]
-    ) -> tuple[dict[str, Record | None], dict[str, Record | None]]:
-        """The new copies of ``new_ids`` and the legacy copies of ``legacy_ids``, by job id; another
-        workspace's record counts as none. In the shared topology, one atomic read of both."""
-        new_keys = [self._keys.new_job(workspace_id, j) for j in new_ids]
-        legacy_keys = [self._keys.legacy_job(j) for j in legacy_ids]
-        if self._stores.shared:
-            both = new_keys + legacy_keys
-            replies = await self._lua.call(READ_RECORDS, keys=both) if both else []
-            new_replies, legacy_replies = replies[: len(new_keys)], replies[len(new_keys) :]
-        else:
-            new_replies = await self._lua.call(READ_RECORDS, keys=new_keys) if new_keys else []
-            legacy_replies = (
-                await self._legacy_lua.call(READ_RECORDS, keys=legacy_keys) if legacy_keys else []
-            )
-        news: dict[str, Record | None] = {}
-        for job_id, reply in zip(new_ids, new_replies, strict=True):
-            new = _flat_record(reply)
-            if new is not None and new.get("workspace_id", workspace_id) != workspace_id:
-                # Another workspace's record under this workspace's key (a bad restore, a buggy tool):
-                # served to nobody here, counted, logged without its data.
-                self._metrics.foreign_records.add(1, {"layout": "new"})
-                log.warning("a new-layout key holds another workspace's record", extra={"job_id": job_id})
-                new = None
-            news[job_id] = _owned(new, job_id, workspace_id)
-        legacies: dict[str, Record | None] = {}
-        for job_id, reply in zip(legacy_ids, legacy_replies, strict=True):
-            legacy = _flat_record(reply)
-            if legacy is not None and legacy.get("workspace_id") != workspace_id:
-                legacy = None  # another workspace's job looks exactly like a missing one
-            legacies[job_id] = _owned(legacy, job_id, workspace_id)
-        return news, legacies
 
     def _choose(
         self, new: Record | None, legacy: Record | None, setting: StageSetting
@@ -318,25 +371,41 @@ class JobStore:
         """
         setting = self._stages.for_workspace(workspace_id)
         filters = f"status={status}"
+        # Every Redis call of a page is a read, repeated alone when its connection dropped (the page keeps
+        # its progress): relay.core.stores, "what is repeated".
+        return await self._list_page(workspace_id, setting, filters, page_size, page_token, status)
+
+    async def _list_page(
+        self,
+        workspace_id: str,
+        setting: StageSetting,
+        filters: str,
+        page_size: int,
+        page_token: str,
+        status: str,
+    ) -> Page:
         cursor: ListingCursor | None
         if page_token:
             cursor = ListingCursor.from_state(self._tokens.decode(page_token, workspace_id, filters))
         else:
             cursor = await self._first_cursor(workspace_id, setting)
         out: list[Record] = []
+        weight = _PageBytes(self, PAGE_BYTE_BUDGET)
         if cursor.phase == INDEX:
-            cursor = await self._list_index(workspace_id, setting, status, page_size, cursor, out)
-        if cursor and cursor.phase == LEGACY and len(out) < page_size:
-            cursor = await self._list_legacy(workspace_id, setting, status, page_size, cursor, out)
+            cursor = await self._list_index(workspace_id, setting, status, page_size, cursor, out, weight)
+        if cursor and cursor.phase == LEGACY and len(out) < page_size and not weight.full:
+            cursor = await self._list_legacy(workspace_id, setting, status, page_size, cursor, out, weight)
         token = self._tokens.encode(workspace_id, filters, cursor.to_state()) if cursor else ""
-        return Page(out, token)
+        return Page(out, token, weight.jobs)
 
     async def _first_cursor(self, workspace_id: str, setting: StageSetting) -> ListingCursor:
         if not setting.stage.reads_legacy:
             return ListingCursor.first(0, legacy_phase=False)
         # The listing's start on the clock of the node that scores the workspace's late index.
-        began = int(await self._lua.call(NOW, keys=[self._keys.job_index_late(workspace_id)]))
-        indexed = await self._redis.exists(self._keys.legacy_indexed)
+        began = int(
+            await repeatable(lambda: self._lua.call(NOW, keys=[self._keys.job_index_late(workspace_id)]))
+        )
+        indexed = await repeatable(lambda: self._redis.exists(self._keys.legacy_indexed))
         return ListingCursor.first(began, legacy_phase=not indexed)
 
     async def _list_index(
@@ -347,6 +416,7 @@ class JobStore:
         page_size: int,
         cursor: ListingCursor,
         out: list[Record],
+        weight: _PageBytes,
     ) -> ListingCursor | None:
         index = self._keys.job_index(workspace_id)
         after, began, legacy_phase = cursor.after_member, cursor.began, cursor.legacy_phase
@@ -356,8 +426,9 @@ class JobStore:
             # One member beyond the page tells whether another page exists, so a listing that ends on a
             # page boundary ends there instead of with an empty page.
             fetch = need + 1 if not status else max(need * 2, 100)
-            members = await self._redis.zrevrangebylex(
-                index, max=b"(" + after.encode() if after else b"+", min=b"-", start=0, num=fetch
+            top = b"(" + after.encode() if after else b"+"
+            members = await repeatable(
+                partial(self._redis.zrevrangebylex, index, max=top, min=b"-", start=0, num=fetch)
             )
             names = [m.decode() for m in members]
             more = len(names) == fetch
@@ -374,14 +445,20 @@ class JobStore:
                 )
             )
             for member in candidates:
-                after = member
                 record = records.get(member)
                 if record is not None and (not status or record.get("status") == status):
+                    if not weight.fits(record):
+                        # The page is full by bytes: it ends before this job, which the next one starts with.
+                        return cursor.index_after(after)
+                    after = member
                     out.append(record)
+                    weight.take(record)
                     if len(out) == page_size:
                         if more or member != names[-1]:
                             return cursor.index_after(after)
                         break
+                else:
+                    after = member
             examined += len(candidates)
             if not more or len(out) == page_size:
                 break  # the index is exhausted
@@ -393,7 +470,9 @@ class JobStore:
 
     async def _indexed_late(self, workspace_id: str, members: Sequence[str], began: int) -> set[str]:
         """The members a backfill indexed after the listing began (the legacy phase lists them)."""
-        scores = await self._redis.zmscore(self._keys.job_index_late(workspace_id), list(members))
+        scores = await repeatable(
+            lambda: self._redis.zmscore(self._keys.job_index_late(workspace_id), list(members))
+        )
         return {m for m, score in zip(members, scores, strict=True) if score is not None and score > began}
 
     async def _list_legacy(
@@ -404,6 +483,7 @@ class JobStore:
         page_size: int,
         position: ListingCursor,
         out: list[Record],
+        weight: _PageBytes,
     ) -> ListingCursor | None:
         """Unindexed legacy records of the workspace, one SCAN stretch after another.
 
@@ -422,27 +502,34 @@ class JobStore:
         began = position.began
         steps = calls = 0
         while steps < LEGACY_SCANS_PER_PAGE and calls < LEGACY_SCAN_CALLS_PER_PAGE:
-            next_cursor, keys = await self._legacy.scan(cursor, match=LEGACY_JOB_PATTERN, count=count)
+            next_cursor, keys = await repeatable(
+                partial(self._legacy.scan, cursor, match=LEGACY_JOB_PATTERN, count=count)
+            )
             calls += 1
             found = await self._unindexed_legacy(
                 workspace_id, sorted(k for k in set(keys) if k > after), status, began
             )
-            room = page_size - len(out)
+            # Room by count and by bytes: a stretch that does not fit either way is scanned shorter.
+            room = min(page_size - len(out), weight.fitting([record for _, record in found]))
             if len(found) > room:
                 if count > 1:
                     count = max(1, min(count // 2, count * room // len(found)))
                     continue
                 if out:
                     break
-                out.extend(record for _, record in found[:room])
+                for _, record in found[:room]:
+                    out.append(record)
+                    weight.take(record)
                 return position.legacy_from(cursor, 1, found[room - 1][0].decode("latin-1"))
-            out.extend(record for _, record in found)
+            for _, record in found:
+                out.append(record)
+                weight.take(record)
             steps += 1
             cursor, after = int(next_cursor), b""
             count = min(count * 2, LEGACY_SCAN_COUNT)
             if cursor == 0:
                 return None
-            if len(out) == page_size:
+            if len(out) == page_size or weight.full:
                 break
         return position.legacy_from(cursor, count, after.decode("latin-1"))
 
@@ -457,24 +544,35 @@ class JobStore:
         index, late = self._keys.job_index(workspace_id), self._keys.job_index_late(workspace_id)
         if not keys:
             return []
-        found = await self._legacy_lua.call(LEGACY_KEYS_OF_WORKSPACE, keys=keys, args=[workspace_id, status])
+        found = await repeatable(
+            lambda: self._legacy_lua.call(LEGACY_KEYS_OF_WORKSPACE, keys=keys, args=[workspace_id, status])
+        )
         if not found:
             return []
-        mine = []
-        scores = self._redis.pipeline(transaction=False)
-        reads = self._legacy.pipeline(transaction=False)
+        mine, members = [], []
         for n in range(0, len(found), 3):
             key = keys[int(found[n]) - 1]
             job_id = found[n + 1].decode("utf-8", "replace") or KeyLayout.job_id_of_legacy(
                 key.decode("utf-8", "replace")
             )
             mine.append((key, job_id))
-            member = codec.index_member(job_id, found[n + 2].decode("utf-8", "replace"))
-            scores.zscore(index, member)
-            scores.zscore(late, member)
-            reads.hgetall(key)
-        index_scores = await scores.execute(raise_on_error=False)
-        records = await reads.execute(raise_on_error=False)
+            members.append(codec.index_member(job_id, found[n + 2].decode("utf-8", "replace")))
+
+        async def read_scores() -> list[Any]:  # a pipeline is built again for each attempt
+            scores = self._redis.pipeline(transaction=False)
+            for member in members:
+                scores.zscore(index, member)
+                scores.zscore(late, member)
+            return await scores.execute(raise_on_error=False)
+
+        async def read_records() -> list[Any]:
+            reads = self._legacy.pipeline(transaction=False)
+            for key, _ in mine:
+                reads.hgetall(key)
+            return await reads.execute(raise_on_error=False)
+
+        index_scores = await repeatable(read_scores)
+        records = await repeatable(read_records)
         out = []
         for (key, job_id), score, late_score, raw in zip(
             mine, index_scores[::2], index_scores[1::2], records, strict=True
@@ -493,14 +591,6 @@ class JobStore:
 def _layout_flags(stage: Stage) -> list[str]:
     """ARGV of UPDATE_STATUS and CLAIM: the layouts the stage uses, and which one its reads prefer."""
     return ["1" if flag else "0" for flag in (stage.reads_legacy, stage.reads_new, stage.prefers_new)]
-
-
-def _owned(record: Record | None, job_id: str, workspace_id: str) -> Record | None:
-    """A record with the job and workspace ids its key names, where the record itself lacks them."""
-    if record is not None:
-        record.setdefault("job_id", job_id)
-        record.setdefault("workspace_id", workspace_id)
-    return record
 
 
 def _flat_record(reply: list[bytes]) -> Record | None:

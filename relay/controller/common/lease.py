@@ -15,17 +15,19 @@ from redis.asyncio import Redis
 
 from relay.core.lua import LuaScripts
 from relay.core.lua.lease import RELEASE_LEASE, RENEW_LEASE
+from relay.core.stores import control_client_of
 
 log = logging.getLogger("relay.lease")
 
 
 class Lease:
     def __init__(self, redis: Redis, key: str, holder: str, ttl_seconds: float = 10.0):
-        self._redis = redis
+        # Its own connections, beside the services' pool: a flood of callers never costs the lease.
+        self._redis = control_client_of(redis)
         self.key = key
         self.holder = holder
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._lua = LuaScripts(redis)
+        self._lua = LuaScripts(self._redis)
         self._task: asyncio.Task[None] | None = None
         self.lost = asyncio.Event()
 

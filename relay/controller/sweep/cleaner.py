@@ -24,6 +24,8 @@ to LEGACY_CLEANED. Keys that are not job records at all are counted (``kept_inva
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
 
 from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
@@ -33,6 +35,7 @@ from relay.controller.stages.rules import Refusal, check_cleanup_allowed
 from relay.controller.sweep.loop import Sweep, SweepRun
 from relay.core.codec import DATA_FIELDS
 from relay.core.errors import FailedPrecondition
+from relay.core.foreign import note_foreign
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import IDEMPOTENCY_PATTERN, IDEMPOTENCY_PREFIX, KEYS, LEGACY_JOB_PATTERN, KeyLayout
 from relay.core.lua import LuaScripts
@@ -41,6 +44,7 @@ from relay.core.stages import Stage
 
 #: Outcome of CLEANUP_LEGACY_JOBS -> the counter it adds to ("gone": deleted by someone else meanwhile).
 JOB_OUTCOMES = {
+    "foreign_new": "kept_missing_new",  # another workspace's record under the new key: counted as foreign too
     "deleted": "done",
     "invalid": "kept_invalid",
     "missing_new": "kept_missing_new",
@@ -56,8 +60,11 @@ class Cleaner(Sweep):
     kind = "cleanup"
     phases = ("jobs", "queue", "idempotency")
 
-    def __init__(self, redis: Redis, stage_control: StageControl, keys: KeyLayout = KEYS):
+    def __init__(
+        self, redis: Redis, stage_control: StageControl, keys: KeyLayout = KEYS, metrics: Any = None
+    ):
         super().__init__(redis, keys)
+        self._metrics = metrics
         self._stages = stage_control
         self._lua = LuaScripts(redis)
 
@@ -134,6 +141,8 @@ class Cleaner(Sweep):
             if script_keys:
                 for outcome in await self._lua.call(CLEANUP_LEGACY_JOBS, keys=script_keys, args=args):
                     counter = JOB_OUTCOMES.get(outcome.decode())
+                    if outcome == b"foreign_new":
+                        note_foreign(self._metrics)
                     if counter:
                         setattr(run, counter, getattr(run, counter) + 1)
         run.cursor = int(cursor)

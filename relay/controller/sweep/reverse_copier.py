@@ -12,18 +12,22 @@ but not beside a backfill, which copies the other way, nor beside another operat
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
 
 from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
 from relay.controller.stages.facts import record_reverse_copy_completed
 from relay.controller.sweep.loop import Sweep, SweepRun
 from relay.core.codec import DATA_FIELDS
+from relay.core.foreign import note_foreign
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, NEW_JOB_PATTERN, KeyLayout
 from relay.core.lua import LuaScripts
 from relay.core.lua.sweep import REVERSE_COPY
 
 OUTCOMES = {
+    "foreign_new": "kept_invalid",  # another workspace's record under the new key: counted as foreign too
     "copied": "done",
     "unchanged": "unchanged",
     "legacy_newer": "kept_legacy_newer",
@@ -35,8 +39,9 @@ OUTCOMES = {
 class ReverseCopier(Sweep):
     kind = "reverse-copy"
 
-    def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
+    def __init__(self, redis: Redis, keys: KeyLayout = KEYS, metrics: Any = None):
         super().__init__(redis, keys)
+        self._metrics = metrics
         self._lua = LuaScripts(redis)
 
     @property
@@ -78,6 +83,8 @@ class ReverseCopier(Sweep):
         if script_keys:
             for outcome in await self._lua.call(REVERSE_COPY, keys=script_keys, args=args):
                 counter = OUTCOMES.get(outcome.decode())
+                if outcome == b"foreign_new":
+                    note_foreign(self._metrics)
                 if counter:
                     setattr(run, counter, getattr(run, counter) + 1)
         run.cursor = int(cursor)

@@ -78,14 +78,14 @@ class CleanupRpcs(ControllerBase):
         stores = self.parts.stores
         if stores is not None and not stores.shared:
             return SplitCleaner(stores, control)
-        return Cleaner(self.parts.redis, control)
+        return Cleaner(self.parts.redis, control, metrics=self.parts.metrics)
 
     @functools.cached_property
     def reverse_copier(self) -> ReverseCopier:
         stores = self.parts.stores
         if stores is not None and not stores.shared:
             return SplitReverseCopier(stores)
-        return ReverseCopier(self.parts.redis)
+        return ReverseCopier(self.parts.redis, metrics=self.parts.metrics)
 
     @rpc_method
     async def CleanupLegacy(

@@ -70,7 +70,7 @@ class VerifyRpcs(ControllerBase):
     @functools.cached_property
     def verifier(self) -> Verifier:
         assert self.parts.stores is not None
-        return verifier_of(self.parts.stores)
+        return verifier_of(self.parts.stores, metrics=self.parts.metrics)
 
     @rpc_method
     async def VerifyMigration(

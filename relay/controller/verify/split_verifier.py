@@ -12,6 +12,8 @@ never as a difference. Writes still owed to one of the stores (outbox entries) a
 
 from __future__ import annotations
 
+from typing import Any
+
 from relay.controller.common.store_scan import StoreScan, stores_run_id
 from relay.controller.common.throttle import TokenBucket
 from relay.controller.stages.outbox_rule import owed_writes
@@ -108,6 +110,8 @@ class SplitVerifier(Verifier):
         await self._check_listed(run, alone)
 
 
-def verifier_of(stores: Stores, keys: KeyLayout = KEYS) -> Verifier:
+def verifier_of(stores: Stores, keys: KeyLayout = KEYS, metrics: Any = None) -> Verifier:
     """The verifier of the topology."""
-    return Verifier(stores.new, keys) if stores.shared else SplitVerifier(stores, keys)  # type: ignore[arg-type]
+    if stores.shared:
+        return Verifier(stores.new, keys, metrics)  # type: ignore[arg-type]
+    return SplitVerifier(stores, keys)

@@ -28,6 +28,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -39,6 +40,7 @@ from relay.controller.stages.facts import record_verification, redis_now
 from relay.core import codec
 from relay.core.codec import Record
 from relay.core.errors import FailedPrecondition, InvalidArgument
+from relay.core.foreign import note_foreign
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, NEW_JOB_PATTERN, KeyLayout
 
@@ -158,11 +160,20 @@ def _own(record: Record | None, job_id: str, workspace_id: str) -> Record | None
 
 
 class Verifier:
-    def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
+    def __init__(self, redis: Redis, keys: KeyLayout = KEYS, metrics: Any = None):
         self._redis = redis
         #: Where the legacy records are read (their own Redis in a split topology: ``split_verifier``).
         self._legacy = redis
         self._keys = keys
+        self._metrics = metrics
+
+    def _new_copy(self, reply: object, job_id: str, workspace_id: str) -> Record | None:
+        """The new-layout copy as JobService serves it; another workspace's record under the key is none."""
+        new = _as_record(reply)
+        if new is not None and new.get("workspace_id", workspace_id) != workspace_id:
+            note_foreign(self._metrics, job_id)
+            return None
+        return _own(new, job_id, workspace_id)
 
     async def _run_id(self) -> str:
         return await redis_run_id(self._redis)
@@ -321,7 +332,7 @@ class Verifier:
         settled: list[tuple[str, str, Record | None, Record]] = []
         suspects: list[tuple[str, str]] = []
         for (job_id, workspace_id, legacy), reply in zip(found, news, strict=True):
-            new = _own(_as_record(reply), job_id, workspace_id)
+            new = self._new_copy(reply, job_id, workspace_id)
             if new is not None and not codec.differing_fields(new, legacy):
                 settled.append((job_id, workspace_id, new, legacy))
             else:
@@ -359,7 +370,7 @@ class Verifier:
         out: list[tuple[str, str, Record | None, Record]] = []
         for job_id, workspace_id in suspects:
             legacy = _own(_as_record(next(replies)), job_id, workspace_id)
-            new = _own(_as_record(next(replies)), job_id, workspace_id)
+            new = self._new_copy(next(replies), job_id, workspace_id)
             if legacy is not None and legacy.get("workspace_id") == workspace_id:
                 out.append((job_id, workspace_id, new, legacy))
         return out
@@ -392,13 +403,17 @@ class Verifier:
         for workspace_id, job_id in entries:
             pipe.hget(self._keys.legacy_job(job_id), "workspace_id")
             pipe.exists(self._keys.new_job(workspace_id, job_id))
-            pipe.hget(self._keys.new_job(workspace_id, job_id), "enqueued_at")
+            pipe.hmget(self._keys.new_job(workspace_id, job_id), ["enqueued_at", "workspace_id"])
         replies = iter(await pipe.execute(raise_on_error=False))
         alone: list[tuple[str, str, Record]] = []
         for workspace_id, job_id in entries:
-            legacy_workspace, exists, enqueued_at = next(replies), next(replies), next(replies)
-            if not exists or isinstance(enqueued_at, Exception):
+            legacy_workspace, exists, fields = next(replies), next(replies), next(replies)
+            if not exists or isinstance(fields, Exception):
                 continue  # deleted since the SCAN, or not a hash: not a job record of ours
+            enqueued_at, owner = fields
+            if owner is not None and owner.decode("utf-8", "replace") != workspace_id:
+                note_foreign(self._metrics, job_id)  # another workspace's record: not this one's job
+                continue
             if (
                 isinstance(legacy_workspace, bytes)
                 and legacy_workspace.decode("utf-8", "replace") == workspace_id

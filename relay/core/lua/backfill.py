@@ -176,7 +176,9 @@ if n_items > 0 then redis.call('HINCRBY', KEYS[1], 'scanned', n_items) end
 if filtered > 0 then redis.call('HINCRBY', KEYS[1], 'filtered_out', filtered) end
 for name, n in pairs(tally) do redis.call('HINCRBY', KEYS[1], name, n) end
 redis.call('HINCRBY', KEYS[1], 'batches', 1)
-if n_fields > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + 2 * n_fields)) end
+for s = 9, 8 + 2 * n_fields, 1000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, s, math.min(s + 999, 8 + 2 * n_fields)))
+end
 local reply = redis.call('HMGET', KEYS[1], unpack(COUNTS))
 table.insert(reply, 1, letters)
 table.insert(reply, 1, 'OK')
@@ -194,7 +196,7 @@ local backfill_id = ARGV[2]
 local history_len = tonumber(ARGV[3])
 -- then the state's field/value pairs
 if redis.call('GET', KEYS[1]) ~= holder then return 0 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 4))
+for s = 4, #ARGV, 1000 do redis.call('HSET', KEYS[3], unpack(ARGV, s, math.min(s + 999, #ARGV))) end
 redis.call('SET', KEYS[2], backfill_id)
 redis.call('LPUSH', KEYS[4], backfill_id)
 redis.call('LTRIM', KEYS[4], 0, history_len - 1)
@@ -209,7 +211,7 @@ local token = ARGV[1]
 local indexed_by = ARGV[2]      -- '' or the value to set the legacy-indexed flag to
 -- then field/value pairs
 if redis.call('HGET', KEYS[1], 'token') ~= token then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+for s = 3, #ARGV, 1000 do redis.call('HSET', KEYS[1], unpack(ARGV, s, math.min(s + 999, #ARGV))) end
 if indexed_by ~= '' then redis.call('SET', KEYS[2], indexed_by) end
 return 1
 """
@@ -283,7 +285,8 @@ local st = redis.call('HMGET', KEYS[1], 'token', 'batches', 'run_id')
 if st[1] ~= token then return 0 end
 if st[3] == run_id then return 1 end
 if (st[2] or '0') ~= batches_before then return 0 end
-redis.call('HSET', KEYS[1], 'run_id', run_id, unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'run_id', run_id)
+for s = 4, #ARGV, 1000 do redis.call('HSET', KEYS[1], unpack(ARGV, s, math.min(s + 999, #ARGV))) end
 redis.call('HINCRBY', KEYS[1], 'rescans', 1)
 redis.call('DEL', KEYS[2])
 return 1

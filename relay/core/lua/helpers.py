@@ -10,6 +10,21 @@ end
 local function legacy_in_workspace(key, workspace_id)
   return is_hash(key) and redis.call('HGET', key, 'workspace_id') == workspace_id
 end
+-- HSET the field/value pairs t[first..last] (all of t by default) 1,000 values per call: Lua's unpack
+-- fails past about 8,000 values ("too many results to unpack"), and a record may hold thousands of fields.
+local function hset_chunked(key, t, first, last)
+  first, last = first or 1, last or #t
+  for s = first, last, 1000 do
+    redis.call('HSET', key, unpack(t, s, math.min(s + 999, last)))
+  end
+end
+-- A new-layout record counts for a workspace unless its workspace_id names another one: the key names
+-- the workspace, and a record there of another workspace (a bad restore, a buggy tool) is no copy of it.
+local function new_in_workspace(key, workspace_id)
+  if not is_hash(key) then return false end
+  local owner = redis.call('HGET', key, 'workspace_id')
+  return not owner or owner == workspace_id
+end
 local function rev_of(key)
   return tonumber(redis.call('HGET', key, 'rev') or '0') or 0
 end

@@ -122,12 +122,17 @@ def enqueue_call(
 
 # Shared by UPDATE_STATUS and CLAIM: the copies of one job a stage uses, and the one that is the truth.
 _LIVE_COPIES = """
--- The job's copies in the layouts the stage uses (a legacy record only when it is this workspace's).
+-- The job's copies in the layouts the stage uses, each only when it is this workspace's: a legacy record
+-- by its workspace_id; a new-layout one unless its workspace_id names another workspace (a bad restore,
+-- a buggy tool), which is no copy of this job at all. Also returns whether such a foreign record was met.
 local function live_copies(legacy, new, workspace_id, use_legacy, use_new)
-  local copies = {}
+  local copies, foreign = {}, false
   if use_legacy and legacy_in_workspace(legacy, workspace_id) then table.insert(copies, legacy) end
-  if use_new and is_hash(new) then table.insert(copies, new) end
-  return copies
+  if use_new and is_hash(new) then
+    local owner = redis.call('HGET', new, 'workspace_id')
+    if owner and owner ~= workspace_id then foreign = true else table.insert(copies, new) end
+  end
+  return copies, foreign
 end
 -- The copy with the highest revision is the latest acknowledged write; a tie goes to the layout the
 -- stage's reads prefer, so a change starts from what readers see.
@@ -145,7 +150,7 @@ end
 local function write_copies(copies, truth, changes)
   local fields = redis.call('HGETALL', truth)
   for _, v in ipairs(changes) do table.insert(fields, v) end
-  for _, key in ipairs(copies) do redis.call('HSET', key, unpack(fields)) end
+  for _, key in ipairs(copies) do hset_chunked(key, fields) end
 end
 """
 
@@ -165,16 +170,18 @@ local use_legacy = ARGV[8] == '1' -- the stage reads and writes the legacy layou
 local use_new = ARGV[9] == '1'    -- the stage reads and writes the new layout
 local prefer_new = ARGV[10] == '1'
 local result_pb = ARGV[11]       -- the result's encoded form beside its text ('' when none)
--- Returns {'OK', revision}, {'NOT_FOUND'} or {'TERMINAL', current status}.
+-- Returns {'OK', revision, foreign}, {'NOT_FOUND', foreign} or {'TERMINAL', current status, foreign}, where
+-- foreign is '1' when the new-layout key held another workspace's record (left untouched), else '0'.
 """
     + _RECORD_HELPERS
     + _LIVE_COPIES
     + """
-local copies = live_copies(KEYS[1], KEYS[2], workspace_id, use_legacy, use_new)
-if #copies == 0 then return {'NOT_FOUND'} end
+local copies, foreign = live_copies(KEYS[1], KEYS[2], workspace_id, use_legacy, use_new)
+local foreign_flag = foreign and '1' or '0'
+if #copies == 0 then return {'NOT_FOUND', foreign_flag} end
 local truth, rev = truth_of(copies, KEYS[2], prefer_new)
 local current = redis.call('HGET', truth, 'status')
-if current == 'completed' or current == 'failed' then return {'TERMINAL', current} end
+if current == 'completed' or current == 'failed' then return {'TERMINAL', current, foreign_flag} end
 local changes = {'status', status, 'rev', tostring(rev + 1)}
 if status ~= 'running' then
   table.insert(changes, 'finished_at'); table.insert(changes, now)
@@ -188,7 +195,7 @@ if result_set then
 end
 if error_set then table.insert(changes, 'error'); table.insert(changes, error_text) end
 write_copies(copies, truth, changes)
-return {'OK', tostring(rev + 1)}
+return {'OK', tostring(rev + 1), foreign_flag}
 """
 )
 
@@ -205,19 +212,28 @@ local now = ARGV[3]              -- ISO-8601 UTC
 local use_legacy = ARGV[4] == '1' -- the stage reads and writes the legacy layout
 local use_new = ARGV[5] == '1'    -- the stage reads and writes the new layout
 local prefer_new = ARGV[6] == '1'
--- Returns the claimed record as a flat field/value array, or an empty array when it is not claimable.
+-- Returns {foreign, the claimed record as flat field/value pairs...}, or {foreign} alone when it is not
+-- claimable; foreign is '1' when the new-layout key held another workspace's record (left untouched).
+-- The claiming entry is forgotten last: a script that fails part-way (Redis keeps the writes made before
+-- the error) leaves the entry in the claiming list, where the claim timeout puts it back in the queue.
 """
     + _RECORD_HELPERS
     + _LIVE_COPIES
     + """
-redis.call('LREM', KEYS[1], 1, entry)
-redis.call('HDEL', KEYS[2], entry)
-local copies = live_copies(KEYS[3], KEYS[4], workspace_id, use_legacy, use_new)
-if #copies == 0 then return {} end
+local function forget()
+  redis.call('LREM', KEYS[1], 1, entry)
+  redis.call('HDEL', KEYS[2], entry)
+end
+local copies, foreign = live_copies(KEYS[3], KEYS[4], workspace_id, use_legacy, use_new)
+local foreign_flag = foreign and '1' or '0'
+if #copies == 0 then forget(); return {foreign_flag} end
 local truth, rev = truth_of(copies, KEYS[4], prefer_new)
-if redis.call('HGET', truth, 'status') ~= 'pending' then return {} end
+if redis.call('HGET', truth, 'status') ~= 'pending' then forget(); return {foreign_flag} end
 write_copies(copies, truth, {'status', 'running', 'started_at', now, 'rev', tostring(rev + 1)})
-return redis.call('HGETALL', truth)
+forget()
+local record = redis.call('HGETALL', truth)
+table.insert(record, 1, foreign_flag)
+return record
 """
 )
 

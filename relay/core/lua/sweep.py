@@ -35,7 +35,8 @@ CLEANUP_LEGACY_JOBS = (
 local dry_run = ARGV[1] == '1'          -- classify only, delete nothing
 local field_count = tonumber(ARGV[2])   -- ARGV[3 .. 2 + field_count]: the data fields compared
 -- then for key i, at ARGV[3 + field_count + 2(i-1)] onwards: workspace_id, job_id
--- Returns one outcome per key: deleted | gone | invalid | missing_new | legacy_newer | differing | pending
+-- Returns one outcome per key: deleted | gone | invalid | missing_new | foreign_new | legacy_newer |
+-- differing | pending
 """
     + _RECORD_HELPERS
     + _SAME_DATA
@@ -54,6 +55,8 @@ for i = 1, #KEYS / 2 do
     outcome = 'invalid'
   elseif not is_hash(new) then
     outcome = 'missing_new'
+  elseif not new_in_workspace(new, workspace_id) then
+    outcome = 'foreign_new'   -- the new key holds another workspace's record: no copy of this job
   else
     local rl, rn = rev_of(legacy), rev_of(new)
     if rl > rn then
@@ -101,7 +104,7 @@ for i = 1, (#KEYS - 1) / 2 do
     if (redis.call('HGET', legacy, 'workspace_id') or '') ~= workspace_id then return {removed, 'changed'} end
     if valid then
       local truth, rev = legacy, rev_of(legacy)
-      if is_hash(new) and rev_of(new) >= rev then truth = new end
+      if new_in_workspace(new, workspace_id) and rev_of(new) >= rev then truth = new end
       if redis.call('HGET', truth, 'status') == 'pending' then return {removed, 'pending'} end
     end
   end
@@ -122,7 +125,7 @@ REVERSE_COPY = (
 local dry_run = ARGV[1] == '1'          -- classify only, write nothing
 local field_count = tonumber(ARGV[2])   -- ARGV[3 .. 2 + field_count]: the data fields compared
 -- then for key i, at ARGV[3 + field_count + 2(i-1)] onwards: workspace_id, job_id
--- Returns one outcome per key: copied | unchanged | legacy_newer | differing | invalid | gone
+-- Returns one outcome per key: copied | unchanged | legacy_newer | differing | invalid | foreign_new | gone
 """
     + _RECORD_HELPERS
     + _SAME_DATA
@@ -137,6 +140,8 @@ for i = 1, #KEYS / 2 do
   local outcome = 'copied'
   if not is_hash(new) then
     outcome = 'gone'
+  elseif not new_in_workspace(new, workspace_id) then
+    outcome = 'foreign_new'   -- another workspace's record under this workspace's key: never copied
   elseif redis.call('EXISTS', legacy) == 1 then
     if not legacy_in_workspace(legacy, workspace_id) then
       outcome = 'invalid'
@@ -153,7 +158,7 @@ for i = 1, #KEYS / 2 do
   if outcome == 'copied' and not dry_run then
     local record = redis.call('HGETALL', new)
     redis.call('DEL', legacy)
-    redis.call('HSET', legacy, unpack(record))
+    hset_chunked(legacy, record)
     -- JobService finds a legacy record's workspace through this field.
     redis.call('HSETNX', legacy, 'workspace_id', workspace_id)
     redis.call('HSETNX', legacy, 'job_id', job_id)
