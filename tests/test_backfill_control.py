@@ -10,7 +10,7 @@ import itertools
 import grpc
 import pytest
 
-from relay.controller.backfill import runner as backfill_runner
+from relay.controller.backfill import pacing as backfill_pacing
 from relay.core.rpc_errors import error_info
 from relay.v1 import backfill_pb2 as bpb
 from tests.backfill_support import counts_add_up, events_of, seed_clean, wait_until
@@ -260,7 +260,7 @@ async def test_a_slow_redis_makes_the_backfill_brake_and_say_why(start_relay, re
     thread of DEBUG SLEEP against a backfill that might end first."""
     relay = await start_relay(backfill_latency_ceiling_seconds=0.005)
     await seed_clean(redis, 3000)
-    monkeypatch.setattr(backfill_runner, "PROBE_EVERY_SECONDS", 0.0)  # a probe after every batch
+    monkeypatch.setattr(backfill_pacing, "PROBE_EVERY_SECONDS", 0.0)  # a probe after every batch
     client = relay.app.stores.new
     real_ping = client.ping
     slow_pings = 2

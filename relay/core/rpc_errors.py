@@ -52,6 +52,12 @@ TRANSIENT_STORE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _redirected_too_often(exc: BaseException) -> bool:
+    """A Redis Cluster call that kept being redirected (MOVED, ASK) or told to try again (TRYAGAIN, while
+    its slot's keys were being moved) until redis-py gave up: not executed, and worth a retry later."""
+    return isinstance(exc, redis_errors.ClusterError) and "TTL exhausted" in str(exc)
+
+
 def _torn_down_connection(exc: BaseException) -> bool:
     """redis-py's asyncio cluster client closes a dead node's connections while other calls are sending on
     them, and such a call fails with an AttributeError inside redis-py's connection module: a transient
@@ -90,7 +96,7 @@ def classify(exc: BaseException) -> errors.RelayError | None:
         return errors.ResourceExhausted(
             "the job store's connections are all busy, retry with backoff", reason="STORE_BUSY"
         )
-    if isinstance(exc, TRANSIENT_STORE_ERRORS) or _torn_down_connection(exc):
+    if isinstance(exc, TRANSIENT_STORE_ERRORS) or _torn_down_connection(exc) or _redirected_too_often(exc):
         return errors.Unavailable("the job store is unavailable, retry with backoff")
     if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN")):
         return errors.Unavailable("the job store is busy, retry with backoff")

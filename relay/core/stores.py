@@ -257,6 +257,10 @@ async def cluster_client(
         # failing the other calls in flight on them: a busy workspace's reshard cost callers errors.
         reinitialize_steps=0,
     )
+    # TRYAGAIN (a multi-key script while its slot's keys are half moved by a reshard) is waited out for
+    # about 1.6 s instead of redis-py's 0.4 s, so that moving a busy workspace fails no call; a write
+    # told TRYAGAIN was not executed, so repeating it is safe.
+    client.RedisClusterRequestTTL = 64
     await client.initialize()
     return client
 
