@@ -258,7 +258,9 @@ class SplitWrites:
             record = {**truth, **changes, "rev": str(codec.revision(truth) + 1)}
             record.setdefault("job_id", job_id)
             record.setdefault("workspace_id", workspace_id)
-            layouts = [name for name in ("new", "legacy") if _uses(stage, name)]
+            # Only the copies that exist are written, as in the shared topology: an update never creates a
+            # copy (the backfill copies a record whole, with its index entry, when it gets there).
+            layouts = [name for name in ("new", "legacy") if _uses(stage, name) and name in copies]
             if not stage.prefers_new:
                 layouts.reverse()
             first, rest = layouts[0], layouts[1:]
@@ -345,13 +347,6 @@ class SplitWrites:
                     continue
                 settled += await self._repair_one("new", workspace_id, field.decode(), field.decode(), entry)
         return settled
-
-    async def outbox_sizes(self) -> dict[str, int]:
-        """Owed replica writes, by the layout written first (verification reports them)."""
-        new = 0
-        for raw_ws in await self._stores.new.zrange(self._keys.outbox_workspaces, 0, -1):
-            new += await self._stores.new.hlen(self._keys.outbox(raw_ws.decode()))
-        return {"legacy": await self._stores.legacy.hlen(self._keys.legacy_outbox), "new": new}
 
     async def _repair_one(self, first: str, workspace_id: str, job_id: str, field: str, entry: bytes) -> int:
         k = self._keys

@@ -9,28 +9,44 @@ within seconds, while NEW_ONLY still reads the new layout it wrote first or caug
 
 from __future__ import annotations
 
+import asyncio
+
 from relay.core.errors import FailedPrecondition
 from relay.core.keys import KEYS
 from relay.core.stages import Stage
 from relay.core.stores import Stores
 
+#: How long an outbox entry must stay, unchanged, to count as owed: under live traffic every write leaves
+#: one for the milliseconds between its steps.
+SETTLE_SECONDS = 1.0
 
-async def owed_writes(stores: Stores, workspace_id: str = "") -> int:
-    """Outbox entries still owed, of one workspace or (``""``) of all."""
+
+async def owed_writes(stores: Stores, workspace_id: str = "", settle_seconds: float = SETTLE_SECONDS) -> int:
+    """Outbox entries still owed, of one workspace or (``""``) of all: those still there, unchanged,
+    ``settle_seconds`` after they were first seen (a write in flight settles its own within that)."""
     if stores.shared:
         return 0
+    first = await _entries(stores, workspace_id)
+    if not first or settle_seconds <= 0:
+        return len(first)
+    await asyncio.sleep(settle_seconds)
+    later = await _entries(stores, workspace_id)
+    return sum(1 for key, entry in first.items() if later.get(key) == entry)
+
+
+async def _entries(stores: Stores, workspace_id: str) -> dict[tuple[str, bytes], bytes]:
+    out: dict[tuple[str, bytes], bytes] = {}
+    for field, entry in (await stores.legacy.hgetall(KEYS.legacy_outbox)).items():
+        if not workspace_id or field.decode("utf-8", "replace").partition(":")[0] == workspace_id:
+            out[("legacy", field)] = entry
     if workspace_id:
-        legacy = sum(
-            1
-            for field in await stores.legacy.hkeys(KEYS.legacy_outbox)
-            if field.decode("utf-8", "replace").partition(":")[0] == workspace_id
-        )
-        return legacy + await stores.new.hlen(KEYS.outbox(workspace_id))
-    legacy = await stores.legacy.hlen(KEYS.legacy_outbox)
-    new = 0
-    for raw in await stores.new.zrange(KEYS.outbox_workspaces, 0, -1):
-        new += await stores.new.hlen(KEYS.outbox(raw.decode()))
-    return legacy + new
+        spaces = [workspace_id]
+    else:
+        spaces = [raw.decode() for raw in await stores.new.zrange(KEYS.outbox_workspaces, 0, -1)]
+    for ws in spaces:
+        for field, entry in (await stores.new.hgetall(KEYS.outbox(ws))).items():
+            out[(ws, field)] = entry
+    return out
 
 
 async def refuse_while_writes_owed(stores: Stores, workspace_id: str, target: Stage) -> None:
