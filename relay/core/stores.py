@@ -75,6 +75,17 @@ def _worth_repeating(error: Exception) -> bool:
     return not isinstance(error, MaxConnectionsError)
 
 
+def raise_store_failures(replies: list[Any]) -> list[Any]:
+    """Replies of a pipeline run with ``raise_on_error=False``: an error of one key (WRONGTYPE: a legacy
+    key that is not a hash) stays a reply, but the store's own failure is raised. A cluster pipeline
+    hands back a node's failure (ClusterDownError, a dropped connection) as a reply; read as data it
+    would be a TypeError, an INTERNAL, instead of UNAVAILABLE."""
+    for reply in replies:
+        if isinstance(reply, Exception) and not str(reply).startswith("WRONGTYPE"):
+            raise reply
+    return replies
+
+
 async def repeatable(call: Callable[[], Awaitable[T]]) -> T:
     """Run ``call`` (safe to repeat: reads only), again with backoff when its connection dropped."""
 

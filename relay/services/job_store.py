@@ -33,7 +33,7 @@ from relay.core.page_token import PageTokenCodec
 from relay.core.replication import ReplicaWait
 from relay.core.stage_store import StageView
 from relay.core.stages import Stage, StageSetting
-from relay.core.stores import Stores, repeatable
+from relay.core.stores import Stores, raise_store_failures, repeatable
 from relay.core.telemetry import Metrics
 from relay.services.job_claims import CLAIM_TIMEOUT_SECONDS, Claims
 from relay.services.listing_cursor import INDEX, LEGACY, ListingCursor
@@ -563,13 +563,13 @@ class JobStore:
             for member in members:
                 scores.zscore(index, member)
                 scores.zscore(late, member)
-            return await scores.execute(raise_on_error=False)
+            return raise_store_failures(await scores.execute(raise_on_error=False))
 
         async def read_records() -> list[Any]:
             reads = self._legacy.pipeline(transaction=False)
             for key, _ in mine:
                 reads.hgetall(key)
-            return await reads.execute(raise_on_error=False)
+            return raise_store_failures(await reads.execute(raise_on_error=False))
 
         index_scores = await repeatable(read_scores)
         records = await repeatable(read_records)

@@ -25,7 +25,7 @@ from relay.core.keys import IDEMPOTENCY_PATTERN, KEYS, LEGACY_JOB_PATTERN, KeyLa
 from relay.core.lua import LuaScripts
 from relay.core.lua.split_migration import DELETE_UNCHANGED_LEGACY, READ_LEGACY_RECORDS
 from relay.core.lua.sweep import DRAIN_LEGACY_QUEUE_HEAD
-from relay.core.stores import Stores
+from relay.core.stores import Stores, raise_store_failures
 
 DELETE_OUTCOMES = {"deleted": "done", "changed": "kept_differing"}
 
@@ -85,7 +85,7 @@ class SplitCleaner(Cleaner):
         pipe = self._redis.pipeline(transaction=False)
         for _, job_id, workspace_id, _, _ in found:
             pipe.hgetall(self._keys.new_job(workspace_id, job_id))
-        news = await pipe.execute(raise_on_error=False)
+        news = raise_store_failures(await pipe.execute(raise_on_error=False))
         doomed: list[tuple[bytes, list[bytes]]] = []
         for (key, job_id, workspace_id, flat, legacy), raw in zip(found, news, strict=True):
             new = codec.decode(raw) if isinstance(raw, dict) and raw else None

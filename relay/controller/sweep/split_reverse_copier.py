@@ -20,7 +20,7 @@ from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, NEW_JOB_PATTERN, KeyLayout
 from relay.core.lua import LuaScripts
 from relay.core.lua.split_migration import REVERSE_COPY_RECORDS
-from relay.core.stores import Stores
+from relay.core.stores import Stores, raise_store_failures
 
 
 class SplitReverseCopier(ReverseCopier):
@@ -54,7 +54,7 @@ class SplitReverseCopier(ReverseCopier):
             pipe = self._redis.pipeline(transaction=False)
             for name, _, _ in entries:
                 pipe.hgetall(name)
-            records = await pipe.execute(raise_on_error=False)
+            records = raise_store_failures(await pipe.execute(raise_on_error=False))
             script_keys: list[str] = []
             args: list[str | bytes] = ["1" if run.dry_run else "0", str(len(DATA_FIELDS)), *DATA_FIELDS]
             for (_, workspace_id, job_id), raw in zip(entries, records, strict=True):
