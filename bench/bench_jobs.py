@@ -48,7 +48,7 @@ from bench.server_proc import ServerProcess, relay_serve_argv, start_server
 from harness.ports import free_port
 from harness.redis_server import RedisServer, start_redis_server
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN
-from relay.services import job_store
+from relay.services import job_listing
 from relay.v1 import job_service_pb2 as pb
 from relay.v1 import job_service_pb2_grpc as pb_grpc
 
@@ -345,7 +345,7 @@ def measure_legacy_phase(stack: Stack, cfg: Config, index_tokens: list[str]) -> 
     result: dict[str, Any] = {"keys": census, "pages_available": len(legacy_tokens)}
     if legacy_tokens:
         result.update(page_latency(stack, cfg, legacy_tokens))
-    per_page = job_store.LEGACY_SCAN_COUNT * job_store.LEGACY_SCANS_PER_PAGE
+    per_page = job_listing.LEGACY_SCAN_COUNT * job_listing.LEGACY_SCANS_PER_PAGE
     result["scan_budget_keys_per_page"] = per_page
     result["pages_to_cover_keyspace"] = -(-census["total"] // per_page)
     stack.redis.client().set(KEYS.legacy_indexed, "1")
