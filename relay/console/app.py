@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay.console import pages
+from relay.console import pages, run_pages
 from relay.console.controller import Controller
 from relay.console.runs import Runs
 from relay.console.session import DEFAULT_SESSION_SECONDS, SessionStore
@@ -95,12 +95,12 @@ def create_app(
         Route("/backfill/start", pages.start_backfill, methods=["POST"]),
         Route("/backfill/{action:str}", pages.control_backfill, methods=["POST"]),
         Route("/events/backfill", pages.backfill_events, methods=["GET"]),
-        Route("/verification", pages.verification, methods=["GET"], name="verification"),
-        Route("/verification/start", pages.start_verification, methods=["POST"]),
-        Route("/cleanup", pages.cleanup, methods=["GET"], name="cleanup"),
-        Route("/cleanup/start", pages.start_cleanup, methods=["POST"]),
-        Route("/reverse-copy/start", pages.start_reverse_copy, methods=["POST"]),
-        Route("/events/run/{kind:str}", pages.run_events, methods=["GET"]),
+        Route("/verification", run_pages.verification, methods=["GET"], name="verification"),
+        Route("/verification/start", run_pages.start_verification, methods=["POST"]),
+        Route("/cleanup", run_pages.cleanup, methods=["GET"], name="cleanup"),
+        Route("/cleanup/start", run_pages.start_cleanup, methods=["POST"]),
+        Route("/reverse-copy/start", run_pages.start_reverse_copy, methods=["POST"]),
+        Route("/events/run/{kind:str}", run_pages.run_events, methods=["GET"]),
         Route("/signin", pages.signin_form, methods=["GET"], name="signin"),
         Route("/signin", pages.signin, methods=["POST"]),
         Route("/signout", pages.signout, methods=["POST"]),
