@@ -74,6 +74,8 @@ class CopyReply:
     control: str = ""
     rate_limit_now: float | None = None
     batch_size_now: int | None = None
+    #: How long the script ran, by Redis' clock (None when it did not say).
+    script_seconds: float | None = None
 
 
 class BatchReader:
@@ -266,10 +268,12 @@ def _parse(reply: list[object], executing: bool) -> CopyReply:
     if status != "OK":
         return CopyReply(status)
     out = CopyReply("OK", _text(reply[1]))
+    values = list(reply[2:])
+    if len(values) > (len(COUNT_FIELDS) + 3 if executing else 0):  # the script's own time, last
+        out.script_seconds = int(_text(values.pop())) / 1e6
     if executing:
-        values = reply[2:]
         out.counts = {name: int(_text(values[n]) or 0) for n, name in enumerate(COUNT_FIELDS)}
-        control, rate, batch = values[len(COUNT_FIELDS) :]
+        control, rate, batch = values[len(COUNT_FIELDS) : len(COUNT_FIELDS) + 3]
         out.control = _text(control)
         out.rate_limit_now = float(_text(rate)) if rate else None
         out.batch_size_now = int(_text(batch)) if batch else None

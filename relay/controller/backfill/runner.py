@@ -117,7 +117,12 @@ class BackfillRunner:
         self._first = first
         self._reader = BatchReader(redis, record.options.workspace_id, keys)
         self._copier = BatchCopier(redis, keys)
-        self._pacing = Pacing(record, redis, settings.backfill_latency_ceiling_seconds)
+        self._pacing = Pacing(
+            record,
+            redis,
+            settings.backfill_latency_ceiling_seconds,
+            settings.backfill_script_budget_seconds,
+        )
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_progress = 0.0
@@ -450,6 +455,8 @@ class BackfillRunner:
                 rec.max_keys_reached = True
                 rec.resume_cursor, rec.resume_skip, rec.resume_skip_until = stop
         self._keys_since_progress += batch.examined
+        script = reply.script_seconds
+        self._pacing.observe_script(len(batch.items), seconds if script is None else script)
         if not self.dry and reply.outcomes:
             self._tally.count(batch, reply.outcomes, seconds)
 
