@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
-from relay.core import logs
+from relay.core import event_loop, logs
 from relay.core.auth import ALL_SCOPES, KeyRing, load_key_file
 from relay.core.config import Settings
 from relay.core.malformed_requests import MalformedRequestInterceptor
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            asyncio.run(_serve(settings, args.role))
+            event_loop.run(_serve(settings, args.role))
         except TopologyError as exc:
             print(f"relay: {exc}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -351,6 +351,7 @@ class BackfillRunner:
         if limit is not None:
             count = max(1, min(count, int(limit / self._match_ratio) + 1))
         batch = await self._reader.read(cursor, count, skip or frozenset(), limit)
+        self._copier.plan(batch)  # now, while Redis runs the previous batch's copy
         if batch.cursor_to != "0":
             # The share of keys that are legacy records, so the next step asks for about a batch of them.
             share = max(batch.returned / count, 0.01)

@@ -4,12 +4,17 @@
 Redis runs one script at a time, and every live command that arrives meanwhile waits for it: the length
 of a batch's script is what JobService's p99 pays during a backfill. Each script reports how long it ran
 (its own ``TIME`` delta, or, when it cannot, the client's wall time of the call, an overestimate); the
-budget keeps the cost of one key (a moving figure that follows a rise at once and a fall slowly) and
-proposes the batch that fills a share of the budget. With a fixed cost ``a`` per script and ``b`` per key,
-sizing by the measured cost per key converges on ``a + b * n = TARGET_SHARE * budget``.
+budget keeps the cost of one key (the median of the last few scripts: it follows a real change within a
+few batches, and one script that Redis' process spent descheduled on a busy machine does not shrink the
+batches that follow) and proposes the batch that fills a share of the budget. With a fixed cost ``a``
+per script and ``b`` per key, sizing by the measured cost per key converges on
+``a + b * n = TARGET_SHARE * budget``.
 """
 
 from __future__ import annotations
+
+import statistics
+from collections import deque
 
 #: The share of the budget a batch is sized to fill (the rest absorbs the noise of one key's cost).
 TARGET_SHARE = 0.8
@@ -17,8 +22,8 @@ TARGET_SHARE = 0.8
 FIRST_BATCH = 64
 #: A batch grows at most by this factor per measured script (a shrink is immediate).
 GROWTH = 2.0
-#: Weight of a new measurement that is cheaper per key than the running figure.
-EASE = 0.25
+#: Scripts whose median cost per key sizes the next batch.
+WINDOW = 5
 
 
 class ScriptBudget:
@@ -27,6 +32,7 @@ class ScriptBudget:
     def __init__(self, budget_seconds: float, first: int = FIRST_BATCH):
         self.budget = budget_seconds
         self._first = first
+        self._costs: deque[float] = deque(maxlen=WINDOW)
         self._per_key: float | None = None
         self._last_keys = 0
         #: The longest script measured since ``take_longest`` was last called (for the latency brake).
@@ -52,11 +58,8 @@ class ScriptBudget:
         self.scripts += 1
         if self.enabled and seconds > self.budget:
             self.over_budget += 1
-        per_key = seconds / keys
-        if self._per_key is None or per_key >= self._per_key:
-            self._per_key = per_key
-        else:
-            self._per_key += EASE * (per_key - self._per_key)
+        self._costs.append(seconds / keys)
+        self._per_key = statistics.median(self._costs)
         self._last_keys = keys
 
     def size(self, cap: int) -> int:
