@@ -10,7 +10,7 @@ import statistics
 import pytest
 
 from relay.controller.backfill.batch import BatchCopier, BatchReader
-from relay.controller.common.script_budget import FIRST_BATCH, WINDOW, ScriptBudget
+from relay.controller.common.script_budget import FIRST_BATCH, WINDOW, ScriptBudget, timed_script
 from relay.core.config import Settings
 from relay.core.keys import KEYS
 from relay.v1 import backfill_pb2 as bpb
@@ -156,3 +156,15 @@ async def test_long_scripts_make_the_brake_engage_though_ping_is_fast(  # type: 
     assert "5 ms latency ceiling" in throttled[0].reason
     assert events[-1].kind == bpb.BACKFILL_EVENT_KIND_COMPLETED
     assert events[-1].backfill.progress.scanned == 3000
+
+
+async def test_a_sweep_script_timed_by_the_client_sizes_the_next_sweep_batch() -> None:
+    budget = ScriptBudget(0.002)
+
+    async def slow_script() -> str:  # 100 keys in at least 10 ms: at least 100 µs per key
+        await asyncio.sleep(0.01)
+        return "done"
+
+    assert await timed_script(budget, 100, slow_script()) == "done"
+    assert budget.size(1000) <= 16  # 80% of 2 ms at 100 µs per key
+    assert ScriptBudget(0.0).size(1000) == 1000

@@ -14,7 +14,12 @@ per script and ``b`` per key, sizing by the measured cost per key converges on
 from __future__ import annotations
 
 import statistics
+import time
 from collections import deque
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 #: The share of the budget a batch is sized to fill (the rest absorbs the noise of one key's cost).
 TARGET_SHARE = 0.8
@@ -78,3 +83,12 @@ class ScriptBudget:
         """The longest script since the last call (0.0 when none ran), and start a new window."""
         longest, self._longest = self._longest, 0.0
         return longest
+
+
+async def timed_script(budget: ScriptBudget, keys: int, call: Awaitable[T]) -> T:
+    """Await ``call`` (one script over ``keys`` keys) and let ``budget`` observe how long it took: the
+    client's wall time, which also holds the round trip, so the batches it sizes err on the small side."""
+    started = time.perf_counter()
+    reply = await call
+    budget.observe(keys, time.perf_counter() - started)
+    return reply

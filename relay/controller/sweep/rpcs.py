@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from relay.controller.base import ControllerBase, stamp
+from relay.controller.common.script_budget import ScriptBudget
 from relay.controller.stages.control import StageControl
 from relay.controller.stages.rpcs import rule_limits
 from relay.controller.sweep.cleaner import Cleaner
@@ -72,11 +73,15 @@ class CleanupRpcs(ControllerBase):
     def cleaner(self) -> Cleaner:
         settings = self.parts.settings
         control = StageControl(self.parts.redis, settings.default_stage, rule_limits(settings))
-        return Cleaner(self.parts.redis, control)
+        cleaner = Cleaner(self.parts.redis, control)
+        cleaner.budget = ScriptBudget(settings.backfill_script_budget_seconds)
+        return cleaner
 
     @functools.cached_property
     def reverse_copier(self) -> ReverseCopier:
-        return ReverseCopier(self.parts.redis)
+        copier = ReverseCopier(self.parts.redis)
+        copier.budget = ScriptBudget(self.parts.settings.backfill_script_budget_seconds)
+        return copier
 
     @rpc_method
     async def CleanupLegacy(
