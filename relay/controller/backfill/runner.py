@@ -456,8 +456,10 @@ class BackfillRunner:
                 rec.max_keys_reached = True
                 rec.resume_cursor, rec.resume_skip, rec.resume_skip_until = stop
         self._keys_since_progress += batch.examined
+        # Per key of the SCAN step (passed over or copied): the unit the next step is sized in.
         script = reply.script_seconds
-        self._pacing.observe_script(len(batch.items), seconds if script is None else script)
+        keys = max(batch.examined, len(batch.items))
+        self._pacing.observe_script(keys, seconds if script is None else script)
         if not self.dry and reply.outcomes:
             self._tally.count(batch, reply.outcomes, seconds)
 
