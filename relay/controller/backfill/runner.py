@@ -187,6 +187,7 @@ class BackfillRunner:
             await self._end(FAILED, f"{type(exc).__name__}: {exc}"[:500])
         finally:
             self._tally.flush()
+            await self._pacing.close()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
