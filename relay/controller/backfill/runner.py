@@ -127,6 +127,7 @@ class BackfillRunner:
         self._stopping = False
         self._last_progress = 0.0
         self._keys_since_progress = 0
+        self._last_examined = 0
         self._match_ratio = 1.0
         self._tally = OutcomeTally(metrics)
         self._skip = frozenset(k.encode("utf-8", "surrogateescape") for k in record.skip_keys)
@@ -457,6 +458,7 @@ class BackfillRunner:
                 rec.max_keys_reached = True
                 rec.resume_cursor, rec.resume_skip, rec.resume_skip_until = stop
         self._keys_since_progress += batch.examined
+        self._last_examined = batch.examined
         # Per key of the SCAN step (passed over or copied): the unit the next step is sized in.
         script = reply.script_seconds
         keys = max(batch.examined, len(batch.items))
@@ -601,7 +603,10 @@ class BackfillRunner:
         waited = time.monotonic() - self._last_progress
         if (
             waited >= PROGRESS_MIN_SECONDS
-            or self._keys_since_progress + self._pacing.batch_size() > PROGRESS_MAX_KEYS
+            # The next batch was read ahead at an earlier size, which the script budget may since have
+            # changed (and SCAN may return a few keys more than asked): allow for twice the larger one.
+            or self._keys_since_progress + 2 * max(self._pacing.batch_size(), self._last_examined)
+            > PROGRESS_MAX_KEYS
         ):
             self._publish(pb.BACKFILL_EVENT_KIND_PROGRESS)
 
