@@ -10,10 +10,12 @@ In one run, against one private redis-server started here (no persistence):
     builds key names inside Lua (fine on one Redis, wrong on a Redis Cluster) and keeps no checkpoint,
     counts or controls. The driver overlaps the next SCAN with the current copy, as the controller does.
 (b) Relay: ``relay serve controller`` in a subprocess, StartBackfill unthrottled over gRPC, on the same
-    data seeded afresh. Its peak memory is the subprocess' VmHWM; its RSS is sampled during the run.
+    data seeded afresh, twice: with the script budget (``--budget-ms``, RELAY_BACKFILL_SCRIPT_BUDGET_MS,
+    default 2 ms: each COPY_BATCH sized to run within it) and without (0: batches of ``--batch`` keys).
+    Its peak memory is the subprocess' VmHWM; its RSS is sampled during the run.
 (c) JobService p50/p99 of GetJob under a light open-loop load (``--load-rps``) from this process against
-    ``relay serve jobs`` in a subprocess: once with Redis idle, once during another controller backfill
-    (of up to 200,000 records; the throughput rounds run without this load).
+    ``relay serve jobs`` in a subprocess: once with Redis idle, then during a controller backfill without
+    and with the budget (of up to 200,000 records; the throughput rounds run without this load).
 
 Besides keys/s it reports the CPU each copy costs per key, in Redis and in the copier's process: on a
 shared machine wall-clock rates move with everyone else's load, CPU per key much less. ``--repeat N``
@@ -85,9 +87,10 @@ end
 return count
 """
 
-# The hand-written ceiling. KEYS is empty: every key is built here from ARGV prefixes (single Redis only).
+# The hand-written ceiling. KEYS is empty: every key is built here from ARGV parts (single Redis only):
+# new key = new_prefix .. workspace .. new_infix .. job_id, index = index_prefix .. workspace .. index_suffix.
 HAND_COPY = """
-local new_prefix, index_prefix = ARGV[1], ARGV[2]
+local new_prefix, new_infix, index_prefix, index_suffix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function micros(iso)
   local y, mo, d, h, mi, s, frac = string.match(iso or '', '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.?(%d*)')
   if not y then return 0 end
@@ -101,13 +104,13 @@ local function micros(iso)
   return secs * 1000000 + tonumber(string.sub(frac .. '000000', 1, 6))
 end
 local copied = 0
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local legacy = ARGV[i]
   local r = redis.pcall('HMGET', legacy, 'workspace_id', 'enqueued_at', 'rev')
   local ws = (not r.err) and r[1]
   if ws and string.match(ws, '^[a-z0-9][a-z0-9_-]*$') and #ws <= 32 then
     local job_id = string.sub(legacy, 9)
-    local new = new_prefix .. ws .. ':' .. job_id
+    local new = new_prefix .. ws .. new_infix .. job_id
     local theirs = redis.call('HGET', new, 'rev')
     local exists = theirs or redis.call('EXISTS', new) == 1
     local mine = tonumber(r[3] or '0') or 0
@@ -116,11 +119,19 @@ for i = 3, #ARGV do
       redis.call('HSET', new, unpack(redis.call('HGETALL', legacy)))
       copied = copied + 1
     end
-    redis.call('ZADD', index_prefix .. ws, 0, string.format('%016d|%s', micros(r[2]), job_id))
+    redis.call('ZADD', index_prefix .. ws .. index_suffix, 0, string.format('%016d|%s', micros(r[2]), job_id))
   end
 end
 return copied
 """
+
+
+def hand_copy_args() -> list[str]:
+    """HAND_COPY's four key parts, from the key layout (whatever hash tags it uses)."""
+    marker = "\x00"
+    new_prefix, new_infix = KEYS.new_job(marker, "").split(marker)
+    index_prefix, index_suffix = KEYS.job_index(marker).split(marker)
+    return [new_prefix, new_infix, index_prefix, index_suffix]
 
 
 @dataclass
@@ -153,7 +164,7 @@ def hand_written_copy(client: sync_redis.Redis, batch: int) -> Run:
     while True:
         ahead = pool.submit(scanner.scan, cursor, match=LEGACY_JOB_PATTERN, count=count) if cursor else None
         if keys:
-            copied += script(args=[KEYS.new_job("", "").removesuffix(":"), KEYS.job_index(""), *keys])
+            copied += script(args=[*hand_copy_args(), *keys])
             scanned += len(keys)
         if ahead is None:
             break
@@ -354,7 +365,7 @@ async def redis_cost_per_key(redis: RedisServer, batches: int = 25, batch: int =
     for n in range(batches):
         hand_cursor, keys = hand_client.scan(hand_cursor, match=LEGACY_JOB_PATTERN, count=batch)
         before = usec("evalsha", "eval")
-        hand(args=[KEYS.new_job("", "").removesuffix(":"), KEYS.job_index(""), *keys])
+        hand(args=[*hand_copy_args(), *keys])
         hand_cost.append((usec("evalsha", "eval") - before) / max(len(keys), 1))
         before = usec("evalsha_ro", "eval_ro")
         step = await reader.read(relay_cursor, batch, frozenset(), None)
@@ -403,12 +414,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     servers: list[Server] = []
     hands: list[Run] = []
     relays: list[Run] = []
-    env = {"RELAY_BACKFILL_LATENCY_CEILING_MS": str(args.latency_ceiling_ms)}
+    unbudgeted: list[Run] = []
+    env = {
+        "RELAY_BACKFILL_LATENCY_CEILING_MS": str(args.latency_ceiling_ms),
+        "RELAY_BACKFILL_SCRIPT_BUDGET_MS": str(args.budget_ms),
+    }
     try:
         jobs = None if args.skip_latency else start_server("jobs", redis.url, keys_file, workdir)
         servers += [jobs] if jobs else []
         controller = start_server("controller", redis.url, keys_file, workdir, env)
         servers.append(controller)
+        no_budget_env = env | {"RELAY_BACKFILL_SCRIPT_BUDGET_MS": "0"}
+        (workdir / "nb").mkdir()
+        no_budget = start_server("controller", redis.url, keys_file, workdir / "nb", no_budget_env)
+        servers.append(no_budget)
         load_ids = [f"{0:08x}-0000-4000-8000-{n:012x}" for n in range(0, min(args.keys, 100_000), WORKSPACES)]
         for round_number in range(1, args.repeat + 1):
             print(f"round {round_number}: seeding {args.keys:,} legacy records ...", flush=True)
@@ -423,20 +442,27 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             }
             hands.append(hand)
             check_copies(client, args.keys)
-            print(f"  hand-written {hand.keys_per_second:,.0f} keys/s; re-seeding ...", flush=True)
-            client.flushall()
-            seed(client, args.keys)
-            redis_cpu, controller_cpu = redis.cpu_seconds(), controller.cpu_seconds()
-            relay_run, _ = await controller_backfill(controller, None, load_ids, args.batch, args.load_rps)
-            relay_run.extra |= {
-                "redis_cpu_us_per_key": (redis.cpu_seconds() - redis_cpu) / relay_run.keys * 1e6,
-                "copier_cpu_us_per_key": (controller.cpu_seconds() - controller_cpu) / relay_run.keys * 1e6,
-                "load_average_1m": os.getloadavg()[0],
-            }
-            relays.append(relay_run)
-            check_copies(client, args.keys)
-            print(f"  Relay {relay_run.keys_per_second:,.0f} keys/s", flush=True)
-        idle = latency = None
+            print(f"  hand-written {hand.keys_per_second:,.0f} keys/s", flush=True)
+            # Alternating which goes first, so neither always runs in the other's wake.
+            order = [
+                (no_budget, unbudgeted, "no budget"),
+                (controller, relays, f"budget {args.budget_ms:g} ms"),
+            ]
+            for server, runs, label in order if round_number % 2 else order[::-1]:
+                client.flushall()
+                seed(client, args.keys)
+                redis_cpu, controller_cpu = redis.cpu_seconds(), server.cpu_seconds()
+                relay_run, _ = await controller_backfill(server, None, load_ids, args.batch, args.load_rps)
+                relay_run.name = f"Relay controller, {label}"
+                relay_run.extra |= {
+                    "redis_cpu_us_per_key": (redis.cpu_seconds() - redis_cpu) / relay_run.keys * 1e6,
+                    "copier_cpu_us_per_key": (server.cpu_seconds() - controller_cpu) / relay_run.keys * 1e6,
+                    "load_average_1m": os.getloadavg()[0],
+                }
+                runs.append(relay_run)
+                check_copies(client, args.keys)
+                print(f"  Relay, {label}: {relay_run.keys_per_second:,.0f} keys/s", flush=True)
+        idle = latency = latency_no_budget = None
         if jobs is not None:
             # Apart from the throughput rounds, which run alone: the load costs CPU on a 2-core machine.
             latency_keys = min(args.keys, LATENCY_KEYS)
@@ -447,6 +473,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             seed(client, latency_keys)
             await measure_latency(jobs.target, load_ids, args.load_rps, 1.0)  # warm-up
             idle = await measure_latency(jobs.target, load_ids, args.load_rps, args.latency_seconds)
+            _, latency_no_budget = await controller_backfill(
+                no_budget, jobs, load_ids, args.batch, args.load_rps, args.latency_backfill_rps
+            )
+            latency_no_budget["backfill_rate_limit"] = args.latency_backfill_rps
+            client.flushall()
+            seed(client, latency_keys)
             _, latency = await controller_backfill(
                 controller, jobs, load_ids, args.batch, args.load_rps, args.latency_backfill_rps
             )
@@ -462,38 +494,52 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         redis.stop()
     best_hand = max(hands, key=lambda r: r.keys_per_second)
     best_relay = max(relays, key=lambda r: r.keys_per_second)
+    best_unbudgeted = max(unbudgeted, key=lambda r: r.keys_per_second)
     return {
         "time": datetime.now(UTC).isoformat(),
         "keys": args.keys,
         "batch": args.batch,
         "repeat": args.repeat,
         "latency_ceiling_ms": args.latency_ceiling_ms,
+        "budget_ms": args.budget_ms,
         "cpus": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0],
         "hand_written": asdict(best_hand),
         "relay": asdict(best_relay),
+        "relay_no_budget": asdict(best_unbudgeted),
         "ratio": best_relay.keys_per_second / best_hand.keys_per_second,
-        "all_rounds": {"hand_written": [asdict(r) for r in hands], "relay": [asdict(r) for r in relays]},
+        "ratio_no_budget": best_unbudgeted.keys_per_second / best_hand.keys_per_second,
+        "budget_price": 1 - best_relay.keys_per_second / best_unbudgeted.keys_per_second,
+        "all_rounds": {
+            "hand_written": [asdict(r) for r in hands],
+            "relay": [asdict(r) for r in relays],
+            "relay_no_budget": [asdict(r) for r in unbudgeted],
+        },
         "jobservice_idle": idle,
         "jobservice_during_backfill": latency,
+        "jobservice_during_backfill_no_budget": latency_no_budget,
         "rate_accuracy": rates,
         "redis_cost": cost,
     }
 
 
 def report(result: dict[str, object]) -> str:
-    hand, relay = result["hand_written"], result["relay"]
-    assert isinstance(hand, dict) and isinstance(relay, dict)
+    hand, relay, unbudgeted = result["hand_written"], result["relay"], result["relay_no_budget"]
+    assert isinstance(hand, dict) and isinstance(relay, dict) and isinstance(unbudgeted, dict)
     extra = relay["extra"]
     lines = [
         f"Backfill of {result['keys']:,} legacy records, batch {result['batch']}, {result['cpus']} CPUs, "
-        f"best of {result['repeat']} round(s), latency brake {result['latency_ceiling_ms'] or 'off'}",
+        f"best of {result['repeat']} round(s), latency brake {result['latency_ceiling_ms'] or 'off'}, "
+        f"script budget {result['budget_ms']:g} ms",
         "",
         "| | keys/s | seconds | Redis CPU µs/key | copier CPU µs/key | load avg |",
         "|---|---:|---:|---:|---:|---:|",
         _row(hand),
+        _row(unbudgeted),
         _row(relay),
-        f"| ratio Relay / hand-written | {result['ratio']:.2f} | | | | |",
+        f"| ratio Relay (no budget) / hand-written | {result['ratio_no_budget']:.2f} | | | | |",
+        f"| ratio Relay (budget) / hand-written | {result['ratio']:.2f} | | | | |",
+        f"| price of the budget (1 - budget / no budget) | {result['budget_price']:.0%} | | | | |",
         "",
         f"Controller memory: RSS {extra['rss_before_mb']:.0f} MB before, "
         f"{extra['rss_max_sampled_mb']:.0f} MB at most while running, {extra['rss_after_mb']:.0f} MB after; "
@@ -512,17 +558,19 @@ def report(result: dict[str, object]) -> str:
         error = r["measured"] / r["rate"] - 1
         lines.append(f"| {r['rate']:,.0f} | {r['keys']:,} | {r['measured']:,.0f} | {error:+.1%} |")
     idle, during = result["jobservice_idle"], result["jobservice_during_backfill"]
-    if isinstance(idle, dict) and isinstance(during, dict):
+    before = result.get("jobservice_during_backfill_no_budget")
+    if isinstance(idle, dict) and isinstance(during, dict) and isinstance(before, dict):
         lines += [
             "",
-            "| JobService GetJob | requests | p50 ms | p99 ms |",
-            "|---|---:|---:|---:|",
-            f"| Redis idle | {idle['requests']} | {idle['p50_ms']:.2f} | {idle['p99_ms']:.2f} |",
-            f"| during the backfill ({_rate(during['backfill_rate_limit'])}) | {during['requests']} "
-            f"| {during['p50_ms']:.2f} "
-            f"| {during['p99_ms']:.2f} |",
-            f"| p99 ratio | | | {during['p99_ms'] / idle['p99_ms']:.2f} |",
+            "| JobService GetJob | requests | p50 ms | p99 ms | p99 vs idle |",
+            "|---|---:|---:|---:|---:|",
+            f"| Redis idle | {idle['requests']} | {idle['p50_ms']:.2f} | {idle['p99_ms']:.2f} | 1.00 |",
         ]
+        for label, run in (("no budget", before), (f"budget {result['budget_ms']:g} ms", during)):
+            lines.append(
+                f"| during the backfill ({_rate(run['backfill_rate_limit'])}, {label}) | {run['requests']} "
+                f"| {run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['p99_ms'] / idle['p99_ms']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -556,6 +604,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of both copies; the best of each counts"
+    )
+    parser.add_argument(
+        "--budget-ms",
+        type=float,
+        default=2.0,
+        help="the script budget of the budgeted controller (RELAY_BACKFILL_SCRIPT_BUDGET_MS); "
+        "the other runs without one",
     )
     parser.add_argument(
         "--latency-ceiling-ms",

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
 from bench import workload
-from relay.core import codec, logs
+from relay.core import codec, event_loop, logs
 from relay.core.auth import SCOPE_EXECUTE, SCOPE_PREVIEW, KeyRing, load_key_file
 from relay.core.config import Settings
 from relay.core.rpc_errors import rpc_method
@@ -115,7 +115,7 @@ def main() -> None:
         raise SystemExit("RELAY_API_KEYS_FILE is required")
     logs.configure(settings.log_level, settings.log_format)  # the access log costs the same as the real one's
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -9,19 +9,25 @@ is missing never stops the others; its stdout (a markdown table) goes into bench
 a link to every plot the run left in bench/results/ (--quick writes summary-quick.md instead, so a smoke
 run never replaces the real figures). A module that does not exist yet is reported as
 "not present".
+
+The summary opens with the table of issue #12 ("Fast under load"): each row a ratio measured side by side
+in this run (read from the JSON the benchmarks wrote during it), beside the issue's figure before the work
+and the aim.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -45,6 +51,11 @@ BENCHMARKS = (
         "bench.bench_backfill",
         "MigrationController: backfill",
         quick_args=("--keys", "20000", "--latency-seconds", "1"),
+    ),
+    Benchmark(
+        "topologies",
+        "bench.bench_topologies",
+        "JobService on topology 1 (one Redis) and 2 (legacy Redis + Redis Cluster), side by side",
     ),
     Benchmark(
         "load",
@@ -135,13 +146,90 @@ def _tee(source: IO[str], sink: IO[str], kept: list[str]) -> None:
         kept.append(line)
 
 
-def summary(outcomes: list[Outcome], quick: bool) -> str:
+#: Issue #12's table before the work (its own figures, measured with an unbudgeted backfill):
+#: measure -> (before, aim).
+BEFORE: dict[str, tuple[str, str]] = {
+    "Execute throughput vs no-op": ("0.45-0.60", "≥ 0.7"),
+    "GetJob throughput vs no-op": ("0.46-0.67", "≥ 0.7"),
+    "ListJobs (page of 50) throughput vs no-op": ("0.15", "≥ 0.5"),
+    "GetJob p99 during an unthrottled backfill, vs idle": ("13x (8.8 → 114 ms)", "≤ 2x"),
+    "backfill vs a hand-written Lua copy-and-index per SCAN batch": ("0.46-0.77", "≥ 0.8"),
+    "price of the script budget (1 - with / without)": ("— (no budget)", "≤ 20%"),
+    "ListJobs page latency, 1,000,000 vs 10,000 other keys": ("", "≤ 1.5"),
+}
+
+
+def _fresh(path: Path, since: float) -> dict[str, Any] | None:
+    """The JSON at ``path`` when this run wrote it, else None."""
+    try:
+        if path.stat().st_mtime < since:
+            return None
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+def measured(since: float, quick: bool, results: Path = RESULTS) -> dict[str, str]:
+    """This run's figure for each row of :data:`BEFORE` it measured."""
+    now: dict[str, str] = {}
+    jobs = _fresh(results / ("jobs-quick.json" if quick else "jobs.json"), since)
+    if jobs:
+        for row in jobs.get("throughput", []):
+            name = "ListJobs (page of 50)" if row["rpc"] == "ListJobs" else row["rpc"]
+            now[f"{name} throughput vs no-op"] = f"{row['ratio']:.2f}"
+        pages = jobs.get("list_page_ratio")
+        if pages:
+            now["ListJobs page latency, 1,000,000 vs 10,000 other keys"] = (
+                f"{pages['p50']:.2f} (p50; {pages['to_keys']:,} vs {pages['from_keys']:,} keys)"
+            )
+    backfill = _fresh(results / "backfill.json", since)
+    if backfill:
+        idle = backfill.get("jobservice_idle")
+        with_budget = backfill.get("jobservice_during_backfill")
+        without = backfill.get("jobservice_during_backfill_no_budget")
+        if idle and with_budget and without and idle["p99_ms"]:
+            now["GetJob p99 during an unthrottled backfill, vs idle"] = (
+                f"{with_budget['p99_ms'] / idle['p99_ms']:.1f}x with the budget "
+                f"({idle['p99_ms']:.1f} → {with_budget['p99_ms']:.1f} ms); "
+                f"{without['p99_ms'] / idle['p99_ms']:.1f}x without ({without['p99_ms']:.1f} ms)"
+            )
+        if "ratio_no_budget" in backfill:
+            now["backfill vs a hand-written Lua copy-and-index per SCAN batch"] = (
+                f"{backfill['ratio']:.2f} with the budget, {backfill['ratio_no_budget']:.2f} without"
+            )
+            now["price of the script budget (1 - with / without)"] = f"{backfill['budget_price']:.0%}"
+    return now
+
+
+def headline(since: float, quick: bool, results: Path = RESULTS) -> list[str]:
+    """Issue #12's table: before (where known), this run, aim."""
+    now = measured(since, quick, results)
+    lines = [
+        "## Issue #12: fast under load",
+        "",
+        f"Load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs. Each figure "
+        'is a ratio of two measurements taken side by side in this run; "before" is the issue\'s own.',
+        "",
+        "| measure | before | this run | aim |",
+        "|---|---|---|---|",
+    ]
+    for name, (before, aim) in BEFORE.items():
+        lines.append(f"| {name} | {before} | {now.get(name, 'not measured in this run')} | {aim} |")
+    return lines
+
+
+def summary(outcomes: list[Outcome], quick: bool, since: float | None = None) -> str:
     lines = [
         "# Relay benchmarks",
         "",
         f"Made by `python -m bench.run_all{' --quick' if quick else ''}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
+    ]
+    if since is not None:
+        lines += [*headline(since, quick), ""]
+    lines += [
         "| benchmark | module | status | seconds |",
         "|---|---|---|---:|",
     ]
@@ -171,12 +259,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every benchmark in bench/ and write a summary.")
     parser.add_argument("--quick", action="store_true", help="smoke-size runs where a benchmark offers them")
     parser.add_argument("--only", action="append", help="a benchmark name (repeatable)")
+    parser.add_argument(
+        "--backfill-keys", type=int, help="legacy records of the backfill benchmark (its default: 1,000,000)"
+    )
     args = parser.parse_args(argv)
     chosen = [b for b in BENCHMARKS if not args.only or b.name in args.only]
+    if args.backfill_keys:
+        chosen = [
+            Benchmark(b.name, b.module, b.title, ("--keys", str(args.backfill_keys)), b.quick_args)
+            if b.name == "backfill"
+            else b
+            for b in chosen
+        ]
+    since = time.time()
     outcomes = [run_one(bench, args.quick) for bench in chosen]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / ("summary-quick.md" if args.quick else "summary.md")
-    path.write_text(summary(outcomes, args.quick))
+    path.write_text(summary(outcomes, args.quick, since))
     print(f"\nsummary written to {path.relative_to(ROOT)}", flush=True)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 

@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
-from relay.core import logs, redis_client
+from relay.core import event_loop, logs, redis_client
 from relay.core.auth import ALL_SCOPES, KeyRing, load_key_file
 from relay.core.config import Settings
 from relay.core.limits import Limits, trim_freed_memory
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings.tls.check()
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(settings, args.role))
+            event_loop.run(_serve(settings, args.role))
     except (TLSConfigError, TopologyError) as exc:
         print(f"relay: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -148,7 +148,8 @@ async def test_a_full_clean_run_marks_the_legacy_records_indexed(relay, redis, k
     assert "every legacy record is now in its workspace index" in events[-1].reason
 
 
-async def test_max_keys_stops_the_scan_and_the_next_run_continues_where_it_stopped(relay, redis, keys):
+async def test_max_keys_stops_the_scan_and_the_next_run_continues_where_it_stopped(start_relay, redis, keys):
+    relay = await start_relay(backfill_script_budget_seconds=0.0)  # batches of batch_size, as asked
     ids = set(await seed_clean(redis, 3000))
     await redis.config_resetstat()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench import run_all
@@ -47,3 +48,36 @@ def test_a_missing_benchmark_is_reported_as_not_present() -> None:
 
     assert outcome.status == "not present"
     assert "`bench.no_such_benchmark` not present." in run_all.summary([outcome], quick=True)
+
+
+def test_the_summary_opens_with_the_issue_table_from_this_runs_figures(tmp_path: Path) -> None:
+    (tmp_path / "jobs-quick.json").write_text(
+        json.dumps(
+            {
+                "throughput": [{"rpc": "Execute", "ratio": 0.71}, {"rpc": "ListJobs", "ratio": 0.52}],
+                "list_page_ratio": {"p50": 1.1, "from_keys": 500, "to_keys": 6000},
+            }
+        )
+    )
+    (tmp_path / "backfill.json").write_text(
+        json.dumps(
+            {
+                "ratio": 0.8,
+                "ratio_no_budget": 0.9,
+                "budget_price": 0.11,
+                "jobservice_idle": {"p99_ms": 10.0},
+                "jobservice_during_backfill": {"p99_ms": 15.0},
+                "jobservice_during_backfill_no_budget": {"p99_ms": 100.0},
+            }
+        )
+    )
+
+    table = "\n".join(run_all.headline(0.0, quick=True, results=tmp_path))
+
+    assert "| Execute throughput vs no-op | 0.45-0.60 | 0.71 | >= 0.7 |" in table.replace("≥", ">=")
+    assert "| ListJobs (page of 50) throughput vs no-op | 0.15 | 0.52 |" in table
+    assert "1.5x with the budget (10.0 -> 15.0 ms); 10.0x without (100.0 ms)" in table.replace("→", "->")
+    assert "0.80 with the budget, 0.90 without" in table and "| 11% |" in table
+    assert "| GetJob throughput vs no-op | 0.46-0.67 | not measured in this run |" in table
+    # a file older than the run is not this run's figure
+    assert "not measured" in "\n".join(run_all.headline(time.time() + 60, quick=True, results=tmp_path))

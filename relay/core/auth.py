@@ -115,6 +115,9 @@ class KeyRing:
         self._redis = redis
         self._static = static
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        #: Digest of each key presented lately: a caller sends the same key with every RPC, so it is
+        #: hashed once, not per call (bounded; valid or not, a digest is a pure function of the key).
+        self._digests: dict[str, str] = {}
         self._cache_seconds = cache_seconds
 
     async def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
@@ -131,7 +134,11 @@ class KeyRing:
             raise Unauthenticated(
                 "missing 'authorization: Bearer <api key>' metadata", reason="API_KEY_MISSING"
             )
-        digest = digest_of(token)
+        digest = self._digests.get(token)
+        if digest is None:
+            if len(self._digests) >= 10_000:
+                self._digests.clear()
+            digest = self._digests[token] = digest_of(token)
         principal = self._static.get(digest) or await self._lookup(digest)
         if principal is None:
             raise Unauthenticated("the api key is not valid")

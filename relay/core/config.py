@@ -57,6 +57,9 @@ class Settings:
     #: Backfill: Redis round trips slower than this make the backfill slow down (env
     #: RELAY_BACKFILL_LATENCY_CEILING_MS; 0 turns the brake off).
     backfill_latency_ceiling_seconds: float = 0.025
+    #: Backfill, verify, cleanup, reverse copy: each Redis script runs about this long at most, its batch
+    #: sized to fit (env RELAY_BACKFILL_SCRIPT_BUDGET_MS; 0: no budget, the operator's batch size).
+    backfill_script_budget_seconds: float = 0.002
     #: Backfill: the lease a running backfill renews; a controller that dies loses it after this long.
     backfill_lease_seconds: float = 10.0
     #: Backfill: how often each controller looks for a backfill whose controller died, and resumes it
@@ -95,6 +98,7 @@ class Settings:
             "backfill_latency_ceiling_seconds": (
                 float(env.get("RELAY_BACKFILL_LATENCY_CEILING_MS", "25")) / 1000
             ),
+            "backfill_script_budget_seconds": float(env.get("RELAY_BACKFILL_SCRIPT_BUDGET_MS", "2")) / 1000,
             "log_level": env.get("RELAY_LOG_LEVEL", "INFO").upper(),
             "log_format": env.get("RELAY_LOG_FORMAT", "").strip().lower() or "auto",
             "tls": ServerTLS(

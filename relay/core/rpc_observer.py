@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import os
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,14 +32,16 @@ REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 #: Probes that run every few seconds: logged at DEBUG so they do not drown the access log.
 QUIET_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+_ids = random.Random()
 
 
 def request_id_from(metadata: Any) -> str:
-    """The caller's request id when it is a plausible one, else a new id."""
+    """The caller's request id when it is a plausible one, else a new id (random, not secret: no system
+    call per RPC for it)."""
     for key, value in metadata or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and _VALID_REQUEST_ID.fullmatch(value):
             return value
-    return os.urandom(16).hex()
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def _with_request_id(metadata: Any, request_id: str) -> tuple[tuple[str, Any], ...]:
@@ -49,17 +51,23 @@ def _with_request_id(metadata: Any, request_id: str) -> tuple[tuple[str, Any], .
 
 class _RequestContext:
     """The servicer context as the method sees it: the same, except that trailing metadata it sets or
-    aborts with always keeps the request id."""
+    aborts with always keeps the request id, and the invocation metadata is built once per RPC (grpc
+    builds a new tuple at every ``invocation_metadata()``; the observer and the method's authentication
+    both read it)."""
 
-    __slots__ = ("_context", "_request_id")
+    __slots__ = ("_context", "_metadata", "_request_id")
 
-    def __init__(self, context: grpc.aio.ServicerContext, request_id: str):
+    def __init__(self, context: grpc.aio.ServicerContext, request_id: str, metadata: Any):
         self._context = context
         self._request_id = request_id
+        self._metadata = metadata
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+    def invocation_metadata(self) -> Any:
+        return self._metadata
 
     def set_trailing_metadata(self, metadata: Any) -> None:
         self._context.set_trailing_metadata(_with_request_id(metadata, self._request_id))
@@ -92,9 +100,10 @@ class _Observation:
         self._observer = observer
         self.method = method
         self.code = grpc.StatusCode.UNKNOWN.name
-        rid = request_id_from(context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        rid = request_id_from(metadata)
         self._token = logs.request_id.set(rid)
-        self.context = _RequestContext(context, rid)
+        self.context = _RequestContext(context, rid, metadata)
         self._start = time.perf_counter()
 
     def succeeded(self) -> None:

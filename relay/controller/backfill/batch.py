@@ -60,6 +60,9 @@ class Batch:
     skipped_keys: list[bytes] = field(default_factory=list)
     #: The Redis run (INFO server run_id) that answered the SCAN step: the cursors are its cursors.
     run_id: str = ""
+    #: COPY_BATCH's keys and arguments for the items (``BatchCopier.plan``), built while the previous
+    #: batch is copied so that the next call leaves at once.
+    plan: _Plan | None = None
 
     @property
     def last(self) -> bool:
@@ -74,6 +77,8 @@ class CopyReply:
     control: str = ""
     rate_limit_now: float | None = None
     batch_size_now: int | None = None
+    #: How long the script ran, by Redis' clock (None when it did not say).
+    script_seconds: float | None = None
 
 
 class BatchReader:
@@ -178,12 +183,51 @@ class BatchReader:
         return self._workspaces[raw]
 
 
+@dataclass(slots=True)
+class _Plan:
+    """The part of COPY_BATCH's keys and arguments that depends on the batch's items alone."""
+
+    workspace_keys: list[str | bytes]
+    workspace_args: list[str | bytes]
+    item_keys: list[str | bytes]
+    item_args: list[str | bytes]
+    workspaces: int
+    invalid: int
+
+
 class BatchCopier:
     """Calls ``COPY_BATCH`` for one batch: executing (with the checkpoint) or as a read-only dry run."""
 
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
         self._lua = LuaScripts(redis)
         self._keys = keys
+
+    def plan(self, batch: Batch) -> _Plan:
+        """The keys and arguments of ``batch``'s items (kept on the batch), for a batch whose items are
+        grouped (see ``_grouped``)."""
+        if batch.plan is not None:
+            return batch.plan
+        k = self._keys
+        workspaces: dict[str, int] = {}
+        invalid = 0
+        item_keys: list[str | bytes] = []
+        item_args: list[str | bytes] = []
+        for item in batch.items:
+            if item.kind == COPY:
+                workspaces[item.workspace_id] = workspaces.get(item.workspace_id, 0) + 1
+                item_keys += [item.key, k.new_job(item.workspace_id, item.job_id)]
+                item_args += [item.member, item.enq_mark]
+            else:
+                invalid += 1
+                item_keys.append(item.key)
+                item_args += [item.key[len(LEGACY_JOB_PREFIX_BYTES) :], item.ws_mark]
+        workspace_keys: list[str | bytes] = [k.job_index(ws) for ws in workspaces]
+        workspace_keys += [k.job_index_late(ws) for ws in workspaces]
+        workspace_args: list[str | bytes] = []
+        for ws, count in workspaces.items():
+            workspace_args += [ws, str(count)]
+        batch.plan = _Plan(workspace_keys, workspace_args, item_keys, item_args, len(workspaces), invalid)
+        return batch.plan
 
     def _arguments(
         self,
@@ -196,16 +240,10 @@ class BatchCopier:
     ) -> tuple[list[str | bytes], list[str | bytes]]:
         """COPY_BATCH's keys and arguments, for a batch whose items are grouped (see ``_grouped``)."""
         k = self._keys
-        workspaces: dict[str, int] = {}
-        invalid = 0
-        for item in batch.items:
-            if item.kind == COPY:
-                workspaces[item.workspace_id] = workspaces.get(item.workspace_id, 0) + 1
-            else:
-                invalid += 1
+        plan = self.plan(batch)
         keys: list[str | bytes] = [k.backfill(backfill_id), k.backfill_invalid(backfill_id)]
-        keys += [k.job_index(ws) for ws in workspaces]
-        keys += [k.job_index_late(ws) for ws in workspaces]
+        keys += plan.workspace_keys
+        keys += plan.item_keys
         args: list[str | bytes] = [
             "1" if dry else "0",
             token,
@@ -213,20 +251,13 @@ class BatchCopier:
             str(INVALID_IDS_KEPT),
             str(batch.filtered),
             str(len(checkpoint)),
-            str(len(workspaces)),
-            str(invalid),
+            str(plan.workspaces),
+            str(plan.invalid),
         ]
         for name, value in checkpoint.items():
             args += [name, value]
-        for ws, count in workspaces.items():
-            args += [ws, str(count)]
-        for item in batch.items:
-            if item.kind == COPY:
-                keys += [item.key, k.new_job(item.workspace_id, item.job_id)]
-                args += [item.member, item.enq_mark]
-            else:
-                keys.append(item.key)
-                args += [item.key[len(LEGACY_JOB_PREFIX_BYTES) :], item.ws_mark]
+        args += plan.workspace_args
+        args += plan.item_args
         return keys, args
 
     async def copy(
@@ -266,10 +297,12 @@ def _parse(reply: list[object], executing: bool) -> CopyReply:
     if status != "OK":
         return CopyReply(status)
     out = CopyReply("OK", _text(reply[1]))
+    values = list(reply[2:])
+    if len(values) > (len(COUNT_FIELDS) + 3 if executing else 0):  # the script's own time, last
+        out.script_seconds = int(_text(values.pop())) / 1e6
     if executing:
-        values = reply[2:]
         out.counts = {name: int(_text(values[n]) or 0) for n, name in enumerate(COUNT_FIELDS)}
-        control, rate, batch = values[len(COUNT_FIELDS) :]
+        control, rate, batch = values[len(COUNT_FIELDS) : len(COUNT_FIELDS) + 3]
         out.control = _text(control)
         out.rate_limit_now = float(_text(rate)) if rate else None
         out.batch_size_now = int(_text(batch)) if batch else None

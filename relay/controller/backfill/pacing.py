@@ -1,17 +1,26 @@
 """How fast one backfill goes: the measured rate, the ETA estimate, the operator's limit and the brake.
 
-The token bucket spaces batches at the effective rate: the operator's limit, or, while Redis answers
-slower than the latency ceiling, a fraction of it (or of the rate measured before the brake engaged).
+The token bucket spaces batches at the effective rate: the operator's limit, or, while live commands wait
+longer than the latency ceiling, a fraction of it (or of the rate measured before the brake engaged).
+What a live command waits is the longer of a PING's round trip and the backfill's own scripts (Redis runs
+one script at a time, and a command that arrives during one waits for it). The PINGs go at moments of
+their own (a task, jittered): sent right after each batch, they kept the phase of the backfill's own calls
+and could miss what live commands, which arrive at any moment, wait. The script budget sizes each
+batch so that its script runs within the budget (``ScriptBudget``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import time
 from collections import deque
 
 from redis.asyncio import Redis
 
 from relay.controller.backfill.state import BackfillRecord, scan_fraction
+from relay.controller.common.script_budget import ScriptBudget
 from relay.controller.common.throttle import LatencyBrake, TokenBucket
 from relay.core.rpc_errors import TRANSIENT_STORE_ERRORS
 
@@ -23,18 +32,48 @@ BATCH_SECONDS = 0.1
 
 
 class Pacing:
-    def __init__(self, record: BackfillRecord, redis: Redis, latency_ceiling_seconds: float):
+    def __init__(
+        self,
+        record: BackfillRecord,
+        redis: Redis,
+        latency_ceiling_seconds: float,
+        script_budget_seconds: float = 0.0,
+    ):
         self._record = record
         self._redis = redis
         self.brake = LatencyBrake(latency_ceiling_seconds)
+        self.budget = ScriptBudget(script_budget_seconds)
         self.bucket = TokenBucket(0)
         self._rates: deque[tuple[float, int]] = deque()
         self._last_probe = 0.0
         self._last_latency = 0.0
+        self._pinger: asyncio.Task[None] | None = None
+        self._ping: float | None = None  # the last PING's round trip, until a probe takes it
+        self._ping_started: float | None = None  # while a PING is out
         self._last_throttled = 0.0
         self._unthrottled_base = 0.0
         # The estimate extrapolates from the share of the keyspace covered since this cursor.
         self._start_fraction = scan_fraction(record.start_cursor)
+
+    async def _ping_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_EVERY_SECONDS * random.uniform(0.5, 1.0))
+            self._ping_started = time.monotonic()
+            try:
+                await self._redis.ping()
+                self._ping = time.monotonic() - self._ping_started
+            except TRANSIENT_STORE_ERRORS:
+                pass
+            finally:
+                self._ping_started = None
+
+    async def close(self) -> None:
+        """Stop the PINGs (the backfill is over)."""
+        task, self._pinger = self._pinger, None
+        while task is not None and not task.done():  # a Redis call may swallow one cancellation
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), 0.1)
 
     def restart(self, from_start: bool = False) -> None:
         """Forget the measured rate (after a pause, or a new pass that scans from cursor "0")."""
@@ -74,7 +113,11 @@ class Pacing:
         rate = self.effective_rate()
         if rate > 0:
             size = min(size, max(1, int(rate * BATCH_SECONDS)))
-        return size
+        return self.budget.size(size)
+
+    def observe_script(self, keys: int, seconds: float) -> None:
+        """One COPY_BATCH call handled ``keys`` keys in ``seconds`` (Redis' clock when it said)."""
+        self.budget.observe(keys, seconds)
 
     def apply_rate(self) -> None:
         rate = self.effective_rate()
@@ -82,16 +125,20 @@ class Pacing:
             self.bucket.set_rate(rate)
 
     async def probe(self) -> str | None:
-        """Time a PING between batches; above the ceiling, slow down. Returns why, when it should be said."""
+        """What live commands wait, between batches: the longer of a PING and the backfill's longest script
+        since the last probe; above the ceiling, slow down. Returns why, when it should be said."""
         now = time.monotonic()
         if self.brake.ceiling <= 0 or now - self._last_probe < PROBE_EVERY_SECONDS:
             return None
         self._last_probe = now
-        try:
-            await self._redis.ping()
-        except TRANSIENT_STORE_ERRORS:
-            return None  # the next batch retries, or fails, on its own
-        latency = time.monotonic() - now
+        if self._pinger is None:
+            self._pinger = asyncio.create_task(self._ping_now_and_then())
+        ping, self._ping = self._ping, None
+        if self._ping_started is not None:  # a PING still out counts for as long as it has waited
+            ping = max(ping or 0.0, now - self._ping_started)
+        if ping is None:
+            return None  # no answer since the last probe: the next batch retries, or fails, on its own
+        latency = max(ping, self.budget.take_longest())
         # Two probes in a row must be slow: one slow answer is as often this process waiting for a CPU.
         sustained = min(latency, self._last_latency)
         self._last_latency = latency
@@ -107,6 +154,6 @@ class Pacing:
             return None
         self._last_throttled = now
         return (
-            f"Redis answered in {sustained * 1000:.1f} ms, above the {self.brake.ceiling * 1000:g} ms "
+            f"Redis made commands wait {sustained * 1000:.1f} ms, above the {self.brake.ceiling * 1000:g} ms "
             f"latency ceiling: slowing to {self.effective_rate():,.0f} keys/s"
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 
 from relay.controller.backfill.batch import Batch, BatchReader
 from relay.controller.backfill.continuation import Continuation
@@ -21,8 +22,14 @@ READ_AHEAD = 2
 
 class ReadAhead:
     def __init__(
-        self, record: BackfillRecord, reader: BatchReader, pacing: Pacing, continuation: Continuation
+        self,
+        record: BackfillRecord,
+        reader: BatchReader,
+        pacing: Pacing,
+        continuation: Continuation,
+        plan: Callable[[Batch], object] | None = None,
     ):
+        self._plan = plan
         self._record = record
         self._reader = reader
         self._pacing = pacing
@@ -66,6 +73,8 @@ class ReadAhead:
         if limit is not None:
             count = max(1, min(count, int(limit / self._match_ratio) + 1))
         batch = await self._reader.read(cursor, count, skip or frozenset(), limit)
+        if self._plan is not None:
+            self._plan(batch)  # the copy's arguments, built now, while Redis runs the previous batch's copy
         if batch.cursor_to != "0":
             # The share of keys that are legacy records, so the next step asks for about a batch of them.
             share = max(batch.returned / count, 0.01)

@@ -109,14 +109,22 @@ class BackfillRunner:
         legacy = stores.legacy if stores is not None else redis
         self._reader = BatchReader(legacy, record.options.workspace_id, keys)
         self._copier = batch_copier(redis, stores, keys)
-        self._pacing = Pacing(record, redis, settings.backfill_latency_ceiling_seconds)
+        self._pacing = Pacing(
+            record,
+            redis,
+            settings.backfill_latency_ceiling_seconds,
+            settings.backfill_script_budget_seconds,
+        )
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_progress = 0.0
         self._keys_since_progress = 0
+        self._last_examined = 0
         self._tally = OutcomeTally(metrics)
         self._continuation = Continuation(record)
-        self._read_ahead = ReadAhead(record, self._reader, self._pacing, self._continuation)
+        self._read_ahead = ReadAhead(
+            record, self._reader, self._pacing, self._continuation, plan=self._copier.plan
+        )
         self.task: asyncio.Task[None] | None = None
         #: The run reached its end (its final state is recorded); ``done`` follows once its task ends.
         self.finished = False
@@ -172,6 +180,7 @@ class BackfillRunner:
             await self._end(FAILED, f"{type(exc).__name__}: {exc}"[:500])
         finally:
             self._tally.flush()
+            await self._pacing.close()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -350,6 +359,11 @@ class BackfillRunner:
         if batch.last:
             self._continuation.record_end(batch)
         self._keys_since_progress += batch.examined
+        self._last_examined = batch.examined
+        # Per key of the SCAN step (passed over or copied): the unit the next step is sized in.
+        script = reply.script_seconds
+        keys = max(batch.examined, len(batch.items))
+        self._pacing.observe_script(keys, seconds if script is None else script)
         if not self.dry and reply.outcomes:
             self._tally.count(batch, reply.outcomes, seconds)
 
@@ -489,7 +503,10 @@ class BackfillRunner:
         waited = time.monotonic() - self._last_progress
         if (
             waited >= PROGRESS_MIN_SECONDS
-            or self._keys_since_progress + self._pacing.batch_size() > PROGRESS_MAX_KEYS
+            # The next batch was read ahead at an earlier size, which the script budget may since have
+            # changed (and SCAN may return a few keys more than asked): allow for twice the larger one.
+            or self._keys_since_progress + 2 * max(self._pacing.batch_size(), self._last_examined)
+            > PROGRESS_MAX_KEYS
         ):
             self._publish(pb.BACKFILL_EVENT_KIND_PROGRESS)
 

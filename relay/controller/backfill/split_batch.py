@@ -85,6 +85,9 @@ class SplitBatchCopier:
         await self._copy_workspaces(planned, outcomes, backfill_id, "0", dry=True)
         return CopyReply("OK", "".join(outcomes))
 
+    def plan(self, batch: Batch) -> None:
+        """Nothing to prepare ahead: a split batch reads its records whole when it is copied."""
+
     async def copy(
         self, batch: Batch, backfill_id: str, token: str, batches_before: int, checkpoint: dict[str, str]
     ) -> CopyReply:

@@ -29,6 +29,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
+from relay.controller.common.script_budget import timed_script
 from relay.controller.stages.control import StageControl
 from relay.controller.stages.facts import read_evidence, record_cleanup_completed, redis_now
 from relay.controller.stages.rules import Refusal, check_cleanup_allowed
@@ -113,7 +114,8 @@ class Cleaner(Sweep):
 
     # --- phases ------------------------------------------------------------------------------
     async def _jobs(self, run: SweepRun) -> int:
-        cursor, keys = await self._redis.scan(run.cursor, match=LEGACY_JOB_PATTERN, count=run.batch_size)
+        count = self.budget.size(run.batch_size)
+        cursor, keys = await self._redis.scan(run.cursor, match=LEGACY_JOB_PATTERN, count=count)
         run.scanned += len(keys)
         if keys:
             pipe = self._redis.pipeline(transaction=False)
@@ -139,7 +141,8 @@ class Cleaner(Sweep):
                     continue
                 args += [workspace_id, job_id]
             if script_keys:
-                for outcome in await self._lua.call(CLEANUP_LEGACY_JOBS, keys=script_keys, args=args):
+                call = self._lua.call(CLEANUP_LEGACY_JOBS, keys=script_keys, args=args)
+                for outcome in await timed_script(self.budget, len(script_keys) // 2, call):
                     counter = JOB_OUTCOMES.get(outcome.decode())
                     if outcome == b"foreign_new":
                         note_foreign(self._metrics)

@@ -24,6 +24,7 @@ from relay.controller.backfill.state import check_batch_size, check_rate_limit
 from relay.controller.common.lease import Lease
 from relay.controller.common.operation import new_operation_id, take_operation_lease
 from relay.controller.common.redis_run import redis_run_id
+from relay.controller.common.script_budget import ScriptBudget
 from relay.controller.common.throttle import TokenBucket
 from relay.controller.stages.facts import redis_now
 from relay.core.errors import FailedPrecondition, InvalidArgument
@@ -118,6 +119,8 @@ class Sweep:
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
         self._redis = redis
         self._keys = keys
+        #: Sizes each batch's script to the controller's script budget (set by the RPCs from settings).
+        self.budget = ScriptBudget(0.0)
 
     # --- what a subclass provides -------------------------------------------------------------
     @property

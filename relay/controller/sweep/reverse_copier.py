@@ -17,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
+from relay.controller.common.script_budget import timed_script
 from relay.controller.stages.facts import record_reverse_copy_completed
 from relay.controller.sweep.loop import Sweep, SweepRun
 from relay.core.codec import DATA_FIELDS
@@ -67,7 +68,9 @@ class ReverseCopier(Sweep):
 
     async def step(self, run: SweepRun) -> int:
         pattern = self._keys.new_job(run.workspace_id, "*") if run.workspace_id else NEW_JOB_PATTERN
-        cursor, keys = await self._redis.scan(run.cursor, match=pattern, count=run.batch_size)
+        cursor, keys = await self._redis.scan(
+            run.cursor, match=pattern, count=self.budget.size(run.batch_size)
+        )
         run.scanned += len(keys)
         script_keys: list[str] = []
         args: list[str] = ["1" if run.dry_run else "0", str(len(DATA_FIELDS)), *DATA_FIELDS]
@@ -81,7 +84,8 @@ class ReverseCopier(Sweep):
             script_keys += [name, self._keys.legacy_job(job_id)]
             args += [workspace_id, job_id]
         if script_keys:
-            for outcome in await self._lua.call(REVERSE_COPY, keys=script_keys, args=args):
+            call = self._lua.call(REVERSE_COPY, keys=script_keys, args=args)
+            for outcome in await timed_script(self.budget, len(script_keys) // 2, call):
                 counter = OUTCOMES.get(outcome.decode())
                 if outcome == b"foreign_new":
                     note_foreign(self._metrics)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from relay.controller.base import ControllerBase, stamp
+from relay.controller.common.script_budget import ScriptBudget
 from relay.controller.stages.control import StageControl
 from relay.controller.stages.rpcs import rule_limits
 from relay.controller.sweep.cleaner import Cleaner
@@ -77,15 +78,21 @@ class CleanupRpcs(ControllerBase):
         control = StageControl(self.parts.redis, settings.default_stage, rule_limits(settings))
         stores = self.parts.stores
         if stores is not None and not stores.shared:
-            return SplitCleaner(stores, control)
-        return Cleaner(self.parts.redis, control, metrics=self.parts.metrics)
+            cleaner: Cleaner = SplitCleaner(stores, control)
+        else:
+            cleaner = Cleaner(self.parts.redis, control, metrics=self.parts.metrics)
+        cleaner.budget = ScriptBudget(settings.backfill_script_budget_seconds)
+        return cleaner
 
     @functools.cached_property
     def reverse_copier(self) -> ReverseCopier:
         stores = self.parts.stores
         if stores is not None and not stores.shared:
-            return SplitReverseCopier(stores)
-        return ReverseCopier(self.parts.redis, metrics=self.parts.metrics)
+            copier: ReverseCopier = SplitReverseCopier(stores)
+        else:
+            copier = ReverseCopier(self.parts.redis, metrics=self.parts.metrics)
+        copier.budget = ScriptBudget(self.parts.settings.backfill_script_budget_seconds)
+        return copier
 
     @rpc_method
     async def CleanupLegacy(

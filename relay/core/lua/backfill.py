@@ -50,11 +50,16 @@ local n_invalid = tonumber(ARGV[8])     -- items that could not be placed
 -- that could not be placed its job id and its workspace_id as read. A field as read is '=' .. value,
 -- '-' when absent, 'T' when the key was not a hash. (Plain arguments and flat arrays: a script that
 -- parses or builds a table per key spends more of Redis on Lua garbage than on the copy.)
--- Returns {'OK', outcomes, <counts and controls when executing>}, {'STALE'} when an item changed since
--- it was read (nothing written: read the batch again) or {'FENCED'} when this run no longer owns the
+-- Returns {'OK', outcomes, <counts and controls when executing>, micros}, {'STALE'} when an item changed
+-- since it was read (nothing written: read the batch again) or {'FENCED'} when this run no longer owns the
 -- backfill. Outcomes hold one letter per item, candidates then the others: m migrated, e exists,
 -- n newer, i invalid, v vanished (deleted since the scan), x error (the new key or the index holds
--- another type).
+-- another type). micros: how long the script ran by Redis' clock (the backfill sizes batches by it).
+local started = redis.call('TIME')
+local function micros()
+  local t = redis.call('TIME')
+  return (t[1] - started[1]) * 1000000 + (t[2] - started[2])
+end
 local COUNTS = {'scanned', 'migrated', 'skipped_exists', 'skipped_newer', 'skipped_invalid',
   'skipped_vanished', 'errors', 'filtered_out', 'control', 'rate_limit_now', 'batch_size_now'}
 local COUNT_OF = {m = 'migrated', e = 'skipped_exists', n = 'skipped_newer', i = 'skipped_invalid',
@@ -147,7 +152,7 @@ for _ = 1, n_invalid do
   end
 end
 local letters = table.concat(outcomes)
-if dry then return {'OK', letters} end
+if dry then return {'OK', letters, micros()} end
 
 local room = invalid_cap - redis.call('LLEN', KEYS[2])
 local clock = redis.call('TIME')
@@ -182,6 +187,7 @@ end
 local reply = redis.call('HMGET', KEYS[1], unpack(COUNTS))
 table.insert(reply, 1, letters)
 table.insert(reply, 1, 'OK')
+reply[#reply + 1] = micros()
 return reply
 """
 
