@@ -258,9 +258,10 @@ class SplitWrites:
             record = {**truth, **changes, "rev": str(codec.revision(truth) + 1)}
             record.setdefault("job_id", job_id)
             record.setdefault("workspace_id", workspace_id)
-            # Only the copies that exist are written, as in the shared topology: an update never creates a
-            # copy (the backfill copies a record whole, with its index entry, when it gets there).
-            layouts = [name for name in ("new", "legacy") if _uses(stage, name) and name in copies]
+            # Every layout the stage uses is written, a missing copy created whole (with its index entry):
+            # a backfill that copied the record just before this update, and validated its copy before
+            # the update's first step landed, would otherwise leave the new copy behind.
+            layouts = [name for name in ("new", "legacy") if _uses(stage, name)]
             if not stage.prefers_new:
                 layouts.reverse()
             first, rest = layouts[0], layouts[1:]

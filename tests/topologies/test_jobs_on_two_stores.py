@@ -134,14 +134,13 @@ async def test_a_legacy_only_job_is_read_and_updated_through_the_fallback(start_
     got = await relay.jobs.GetJob(pb.GetJobRequest(job_id=job_id), metadata=keys.md("ws_a"))
     assert got.job.status == pb.JOB_STATUS_PENDING
     await relay.jobs.UpdateJobStatus(_update(job_id, pb.JOB_STATUS_RUNNING), metadata=keys.md("worker"))
-    # As in the shared topology, an update writes the copies that exist and creates none: the backfill
-    # copies the record whole, with its index entry, when it gets there.
-    legacy = await _hash(split.legacy, KEYS.legacy_job(job_id))
-    assert legacy["status"] == "running" and legacy["rev"] == "1"
-    assert await split.new.exists(KEYS.new_job("ws-a", job_id)) == 0
-    assert await split.legacy.hlen(KEYS.legacy_outbox) == 0
-    got = await relay.jobs.GetJob(pb.GetJobRequest(job_id=job_id), metadata=keys.md("ws_a"))
-    assert got.job.status == pb.JOB_STATUS_RUNNING
+    # The update starts from the legacy copy and writes the layout reads prefer first: the new copy is
+    # created whole, indexed, and the legacy one brought up to the same revision (so a backfill racing
+    # the update can never leave the new copy behind).
+    new = await _hash(split.new, KEYS.new_job("ws-a", job_id))
+    assert new == await _hash(split.legacy, KEYS.legacy_job(job_id))
+    assert new["status"] == "running" and new["action_name"] == "chat"
+    assert await split.new.zcard(KEYS.job_index("ws-a")) == 1
 
 
 async def test_a_crash_between_the_stores_is_repaired_from_the_outbox(
