@@ -43,6 +43,7 @@ from relay.core.errors import FailedPrecondition, InvalidArgument
 from relay.core.foreign import note_foreign
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, NEW_JOB_PATTERN, KeyLayout
+from relay.core.rpc_errors import TRANSIENT_STORE_ERRORS
 
 DEFAULT_BATCH = 1000
 
@@ -213,7 +214,13 @@ class Verifier:
                     await self._save(run)
                     yield "failed", run
                     return
-                await self._batch(run, bucket)
+                try:
+                    await self._batch(run, bucket)
+                except TRANSIENT_STORE_ERRORS:
+                    # A restart closes every connection: the step's own failure says nothing until the
+                    # run id tells whether Redis restarted (then the run fails as RESTARTED, below).
+                    if await self._run_id_after_failure() == run.run_id:
+                        raise
                 if await self._run_id() != run.run_id:
                     # Keys the old cursor had not reached are unknown: never report such a run clean.
                     await self._begin_again(run)
@@ -285,6 +292,15 @@ class Verifier:
             run.verification_id,
             {ws: (c.clean, c.legacy_covered) for ws, c in run.workspaces.items()},
         )
+
+    async def _run_id_after_failure(self) -> str:
+        """The store's run id, asked again on fresh connections for a few seconds ("" if it stays away)."""
+        for _ in range(20):
+            try:
+                return await self._run_id()
+            except TRANSIENT_STORE_ERRORS:
+                await asyncio.sleep(0.25)
+        return ""
 
     async def _batch(self, run: VerificationRun, bucket: TokenBucket) -> None:
         if run.phase == "legacy":
