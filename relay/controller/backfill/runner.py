@@ -361,9 +361,10 @@ class BackfillRunner:
         self._keys_since_progress += batch.examined
         self._last_examined = batch.examined
         # Per key of the SCAN step (passed over or copied): the unit the next step is sized in.
-        script = reply.script_seconds
-        keys = max(batch.examined, len(batch.items))
-        self._pacing.observe_script(keys, seconds if script is None else script)
+        # Sized by COPY_BATCH's own run time; a split-store copy (several short single-slot scripts with
+        # round trips between them, no one script holding Redis) reports none and keeps its batch size.
+        if reply.script_seconds is not None:
+            self._pacing.observe_script(max(batch.examined, len(batch.items)), reply.script_seconds)
         if not self.dry and reply.outcomes:
             self._tally.count(batch, reply.outcomes, seconds)
 
