@@ -1,27 +1,11 @@
 """The batch loop of one backfill, run in a background task of the controller that owns it.
 
-Each step: a SCAN step (sized so that under a rate limit a batch is at most a tenth of a second of
-keys), one pipelined read of the keys' workspace ids, a wait on the token bucket, then ONE Lua call
-(``COPY_BATCH``) that copies the batch and records counts and checkpoint atomically. The next batch is
-read while the current one is copied. Between batches the runner obeys the operator (pause, cancel, rate
-and batch changes, asked through the state in Redis so any controller can ask), probes Redis' latency
-and slows down when it rises above the ceiling, and publishes progress at least every second and every
-5,000 keys.
-
-Exactly-once counting: every batch's counts are added inside the same Lua step that copies it, and that
-step refuses to run unless the state still carries this run's fencing token and the number of batches
-it expects. A crash between two batches loses nothing and counts nothing twice: the next owner starts
-from the recorded cursor. (SCAN itself may return a key twice when the keyspace is resized during the
-scan; such a key is counted again, as skipped "exists".)
-
-A Redis restart (or failover) voids the checkpoint: Redis seeds its hash function anew at every start, so
-an old SCAN cursor covers other keys. Each SCAN step is read with Redis' run_id on one connection; when
-the run_id differs from the one recorded with the cursor, the scan begins again from "0" as a new pass
-(``BACKFILL_RESCAN``), so a completion always follows a pass that ran wholly on one Redis run.
-
-A dry run makes the same decisions with the same script run read-only, and keeps its state in this
-process's memory: it writes nothing to Redis at all, so it takes no lease and cannot be watched or
-controlled from another controller process.
+Each step: a SCAN step and one read of its keys (read ahead while the previous batch is copied), a wait
+on the token bucket, then ONE Lua call (``COPY_BATCH``) that copies the batch and records counts and
+checkpoint atomically. Between batches the runner obeys the operator (pause, cancel, rate and batch, via
+the state in Redis so any controller can ask), brakes when Redis makes commands wait past the ceiling,
+and publishes progress at least every second and every 5,000 keys. Its guarantees (exactly-once counts,
+a Redis restart, dry runs) are in the package's doc.
 """
 
 from __future__ import annotations
@@ -40,6 +24,7 @@ from relay.controller.backfill.events import EventHub, make_event
 from relay.controller.backfill.pacing import Pacing
 from relay.controller.backfill.read_ahead import ReadAhead
 from relay.controller.backfill.retry import retrying, stop_task
+from relay.controller.backfill.signals import Cancelled, Stopping
 from relay.controller.backfill.split_batch import batch_copier
 from relay.controller.backfill.state import (
     CANCELLED,
@@ -73,14 +58,6 @@ PROGRESS_MIN_SECONDS = 0.5
 PROGRESS_MAX_SECONDS = 1.0
 PROGRESS_MAX_KEYS = 5000
 PAUSE_POLL_SECONDS = 0.25
-
-
-class _Stopping(Exception):
-    """This controller shuts down."""
-
-
-class _Cancelled(Exception):
-    """An operator cancelled the backfill."""
 
 
 class BackfillRunner:
@@ -164,13 +141,13 @@ class BackfillRunner:
         try:
             self._publish(*self._first)
             await self._loop()
-        except _Cancelled:
+        except Cancelled:
             await self._end(CANCELLED, "cancelled by an operator")
         except Fenced as exc:
             log.warning("backfill taken over elsewhere", extra={"backfill_id": self.record.backfill_id})
             self.record.reason = str(exc)
             self.hub.detach()
-        except _Stopping:
+        except Stopping:
             await self._end_on_shutdown()
         except asyncio.CancelledError:
             self.hub.detach()
@@ -405,11 +382,11 @@ class BackfillRunner:
 
     def _check_stop(self) -> None:
         if self._stopping:
-            raise _Stopping
+            raise Stopping
         if self._lease is not None and self._lease.lost.is_set():
             raise Fenced("the backfill lease was lost")
         if self.record.control == "cancel":
-            raise _Cancelled
+            raise Cancelled
 
     async def _set_state(self, state: str, reason: str) -> None:
         rec = self.record
