@@ -272,6 +272,7 @@ def _count_checks(
             "invalid_legacy": v.invalid_legacy,
             "seconds": round(v.end_time.ToDatetime().timestamp() - v.start_time.ToDatetime().timestamp(), 2),
         }
+        out["verification"]["attempts"] = len(walk.verifications)
         checks["verification: clean"] = v.clean
         checks["verification: invalid legacy == invalid seeded keys"] = v.invalid_legacy == seeded_invalid
     else:
@@ -466,7 +467,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         v = c["verification"]
         lines.append(
             f"- verification: clean={v['clean']} legacy {v['scanned_legacy']:,} new {v['scanned_new']:,} "
-            f"invalid {v['invalid_legacy']} in {v['seconds']} s"
+            f"invalid {v['invalid_legacy']} in {v['seconds']} s ({v.get('attempts', 1)} attempt(s))"
         )
     if "cleanup" in c:
         k = c["cleanup"]
