@@ -7,6 +7,7 @@ database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -109,14 +110,25 @@ async def start_relay(
     redis_server: RedisServer, redis: Redis, keys_file: tuple[Path, Keys]
 ) -> AsyncIterator[StartRelay]:
     """Start Relay servers on free ports against the private Redis: ``await start_relay(stage=...)``."""
+    async with relay_starter(redis_server.url, keys_file[0]) as start:
+        yield start
+
+
+@contextlib.asynccontextmanager
+async def relay_starter(
+    redis_url: str, api_keys_file: Path, legacy_redis_url: str = ""
+) -> AsyncIterator[StartRelay]:
+    """``start(stage=..., role=..., **settings)`` for Relay servers on free ports against these stores; all
+    of them are stopped at the end."""
     started: list[Running] = []
 
     async def start(stage: Stage = Stage.READ_NEW, role: str = "all", **overrides: object) -> Running:
         settings = Settings.from_env(
             {},
             listen="127.0.0.1:0",
-            redis_url=redis_server.url,
-            api_keys_file=str(keys_file[0]),
+            redis_url=redis_url,
+            legacy_redis_url=legacy_redis_url,
+            api_keys_file=str(api_keys_file),
             metrics_listen="",
             default_stage=stage,
             **{"stage_refresh_seconds": 0.1, **overrides},
@@ -134,10 +146,12 @@ async def start_relay(
         started.append(running)
         return running
 
-    yield start
-    for running in reversed(started):
-        await running.channel.close()
-        await running.app.stop(0.5)
+    try:
+        yield start
+    finally:
+        for running in reversed(started):
+            await running.channel.close()
+            await running.app.stop(0.5)
 
 
 @pytest.fixture

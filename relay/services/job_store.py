@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import zip_longest
 
 from redis.asyncio import Redis, RedisCluster
@@ -14,7 +13,6 @@ from relay.core import codec
 from relay.core.codec import Record
 from relay.core.errors import FailedPrecondition, NotFound
 from relay.core.foreign import note_foreign
-from relay.core.ids import new_job_id
 from relay.core.keys import KEYS, KeyLayout
 from relay.core.lua import LuaScripts
 from relay.core.lua.jobs import (
@@ -32,20 +30,13 @@ from relay.core.stores import Stores, repeatable
 from relay.core.telemetry import Metrics
 from relay.services.job_claims import CLAIM_TIMEOUT_SECONDS, Claims
 from relay.services.job_listing import JobListing
+from relay.services.new_action import NewAction
 from relay.services.split_writes import SplitWrites
 from relay.v1 import job_service_pb2 as pb
 
+__all__ = ["JobStore", "NewAction"]
+
 log = logging.getLogger("relay.jobs")
-
-
-@dataclass(frozen=True, slots=True)
-class NewAction:
-    provider: str
-    action: str
-    params_json: str
-    client_request_id: str
-    #: The params' encoded form (``codec.encoded``), kept beside the text so reads need no JSON parse.
-    params_pb: str = ""
 
 
 class JobStore(JobListing):
@@ -99,17 +90,8 @@ class JobStore(JobListing):
         enqueued_at = codec.now_iso()
         jobs = []
         for action in actions:
-            job_id = new_job_id()
-            record = codec.new_record(
-                job_id=job_id,
-                workspace_id=workspace_id,
-                provider=action.provider,
-                action=action.action,
-                params_json=action.params_json,
-                actor_id=actor_id,
-                enqueued_at=enqueued_at,
-                params_pb=action.params_pb,
-            )
+            record = action.new_record(workspace_id, actor_id, enqueued_at)
+            job_id = record["job_id"]
             member = codec.index_member(job_id, enqueued_at)
             jobs.append(EnqueuedJob(job_id, action.client_request_id, member, record))
         keys, args = enqueue_call(self._keys, workspace_id, stage, self._ttl, jobs)

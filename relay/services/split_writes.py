@@ -28,13 +28,14 @@ from redis.asyncio import Redis, RedisCluster
 from relay.core import codec
 from relay.core.codec import Record
 from relay.core.errors import NotFound, Unavailable
-from relay.core.ids import is_job_id, is_workspace_id, new_job_id
+from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, KeyLayout
 from relay.core.lua import LuaScripts
 from relay.core.lua.claims import MARK_READY
 from relay.core.lua.replicas import CATCH_UP, ENQUEUE_LAYOUT, PUT_RECORD, SETTLE_OUTBOX
 from relay.core.stages import Stage
 from relay.core.stores import Stores
+from relay.services.new_action import NewAction
 
 log = logging.getLogger("relay.jobs.split")
 
@@ -92,7 +93,7 @@ class SplitWrites:
 
     # --- Execute -----------------------------------------------------------------------------
     async def execute(
-        self, workspace_id: str, stage: Stage, actions: Sequence[Any], actor_id: str
+        self, workspace_id: str, stage: Stage, actions: Sequence[NewAction], actor_id: str
     ) -> Enqueued:
         """Enqueue one job per action; a replayed client_request_id yields the original job id."""
         k = self._keys
@@ -101,18 +102,7 @@ class SplitWrites:
         first_new = stage.prefers_new or not stage.writes_legacy
         planned = []
         for action in actions:
-            job_id = new_job_id()
-            record = codec.new_record(
-                job_id=job_id,
-                workspace_id=workspace_id,
-                provider=action.provider,
-                action=action.action,
-                params_json=action.params_json,
-                actor_id=actor_id,
-                enqueued_at=enqueued_at,
-                params_pb=action.params_pb,
-            )
-            planned.append((action.client_request_id, record))
+            planned.append((action.client_request_id, action.new_record(workspace_id, actor_id, enqueued_at)))
         # The other layout's idempotency key can be all there is of a replay's original: written in an
         # earlier stage, or its first step's store is the other one now. Look there too (a read), in every
         # stage that still has a legacy layout.

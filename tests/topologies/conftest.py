@@ -11,17 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from harness.redis_cluster import RedisCluster as ClusterProcess
 from harness.redis_cluster import start_redis_cluster
-from relay import server
-from relay.core.config import Settings
-from relay.core.stages import Stage
-from relay.v1 import job_service_pb2_grpc, migration_controller_pb2_grpc
-from tests.conftest import Keys, RedisServer, Running, start_redis_server
+from tests.conftest import Keys, RedisServer, relay_starter, start_redis_server
 
 SPLITS = ["cluster", "single"]
 
@@ -82,33 +77,5 @@ async def split(
 @pytest.fixture
 async def start_split_relay(split: SplitStores, keys_file: tuple[Path, Keys]) -> AsyncIterator:
     """Start Relay servers on free ports against the split stores: ``await start_split_relay(stage=...)``."""
-    started: list[Running] = []
-
-    async def start(stage: Stage = Stage.READ_NEW, role: str = "all", **overrides: object) -> Running:
-        settings = Settings.from_env(
-            {},
-            listen="127.0.0.1:0",
-            redis_url=split.new_url,
-            legacy_redis_url=split.legacy_url,
-            api_keys_file=str(keys_file[0]),
-            metrics_listen="",
-            default_stage=stage,
-            **{"stage_refresh_seconds": 0.1, **overrides},
-        )
-        app = await server.start(settings, role)
-        target = f"127.0.0.1:{app.port}"
-        channel = grpc.aio.insecure_channel(target)
-        running = Running(
-            app,
-            channel,
-            job_service_pb2_grpc.JobServiceStub(channel),
-            migration_controller_pb2_grpc.MigrationControllerStub(channel),
-            target,
-        )
-        started.append(running)
-        return running
-
-    yield start
-    for running in reversed(started):
-        await running.channel.close()
-        await running.app.stop(0.5)
+    async with relay_starter(split.new_url, keys_file[0], split.legacy_url) as start:
+        yield start
