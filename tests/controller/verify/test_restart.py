@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from relay.controller.verify.verifier import RESTARTED, Verifier
 from tests.backfill_support import seed_clean
-from tests.test_backfill_restart import aof_redis, restart  # noqa: F401 (the fixture)
+from tests.controller.backfill.test_restart import aof_redis, restart  # noqa: F401 (the fixture)
 
 LEGACY = 3000
 

@@ -6,7 +6,7 @@ import json
 
 from tests.job_testkit import write_legacy_job
 from tests.migration_testkit import relayctl
-from tests.test_verify import copy_to_new
+from tests.controller.verify.test_verification import copy_to_new
 
 
 async def test_verify_shows_the_diff_and_fails_when_not_clean(relay, keys, redis):

@@ -14,7 +14,7 @@ from relay.controller.sweep.loop import RESTARTED
 from relay.controller.sweep.reverse_copier import ReverseCopier
 from relay.core.keys import KEYS
 from tests.backfill_support import WORKSPACES, legacy_record
-from tests.test_backfill_restart import aof_redis, restart  # noqa: F401 (the fixture)
+from tests.controller.backfill.test_restart import aof_redis, restart  # noqa: F401 (the fixture)
 
 NEW = 3000
 

@@ -13,7 +13,7 @@ from relay.core.telemetry import BACKFILL_ZERO_SKIP_REASONS, build_metrics
 from relay.v1 import backfill_pb2 as bpb
 from tests.backfill_support import events_of, seed_clean
 from tests.conftest import Keys, StartRelay
-from tests.test_telemetry import samples, scrape_http, value
+from tests.core.test_telemetry import samples, scrape_http, value
 
 OLD_NAMES = (
     "relay_backfill_scanned_total",

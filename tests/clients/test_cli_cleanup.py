@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from relay.core.keys import KEYS
 from tests.migration_testkit import relayctl
-from tests.test_rollback import new_record
+from tests.controller.stages.test_rollback import new_record
 
 
 async def test_cleanup_is_a_dry_run_unless_asked_and_reverse_copy_reports_its_counts(relay, keys, redis):
