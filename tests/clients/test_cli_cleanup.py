@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from relay.core.keys import KEYS
-from tests.migration_testkit import relayctl
 from tests.controller.stages.test_rollback import new_record
+from tests.migration_testkit import relayctl
 
 
 async def test_cleanup_is_a_dry_run_unless_asked_and_reverse_copy_reports_its_counts(relay, keys, redis):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from tests.controller.verify.test_verification import copy_to_new
 from tests.job_testkit import write_legacy_job
 from tests.migration_testkit import relayctl
-from tests.controller.verify.test_verification import copy_to_new
 
 
 async def test_verify_shows_the_diff_and_fails_when_not_clean(relay, keys, redis):
