@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import click
-import grpc
+from google.protobuf.message import Message
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
@@ -21,12 +21,14 @@ from relay.clients.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
+    call,
     connection,
-    print_json,
+    enum_names,
+    json_option,
     run,
+    show,
     to_dict,
 )
-from relay.clients.connection import Connection
 from relay.v1 import backfill_pb2 as pb
 
 EXIT_CODES_HELP = (
@@ -34,10 +36,8 @@ EXIT_CODES_HELP = (
     "unknown id); 4 not allowed (needs a migration:admin key); 5 controller unreachable, or the stream "
     "ended before the backfill did; 130 detached with Ctrl-C (the backfill keeps running)."
 )
-STATE_NAMES = {value: name.removeprefix("BACKFILL_STATE_") for name, value in pb.BackfillState.items()}
-KIND_NAMES = {
-    value: name.removeprefix("BACKFILL_EVENT_KIND_") for name, value in pb.BackfillEventKind.items()
-}
+STATE_NAMES = enum_names(pb.BackfillState)
+KIND_NAMES = enum_names(pb.BackfillEventKind)
 EXIT_OF_KIND = {
     pb.BACKFILL_EVENT_KIND_COMPLETED: EXIT_OK,
     pb.BACKFILL_EVENT_KIND_FAILED: EXIT_FAILED,
@@ -59,8 +59,7 @@ def backfill() -> None:
 @click.option("--rps", type=float, default=0.0, show_default=True, help="Keys per second; 0 is unthrottled.")
 @click.option("--batch", type=int, default=0, help="Keys per SCAN batch (default 1000, at most 10000).")
 @click.option("--max-keys", type=int, default=0, help="Stop scanning after this many keys; 0 is no limit.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead.")
-@click.pass_context
+@json_option("Print one JSON object per event instead.")
 @run
 async def start(
     ctx: click.Context, mode: str | None, workspace: str, rps: float, batch: int, max_keys: int, as_json: bool
@@ -68,46 +67,28 @@ async def start(
     """Start a backfill and follow it to the end, with a live progress bar and the summary."""
     if mode is None:
         raise click.UsageError("say --dry-run or --execute")
-    conn = connection(ctx)
     request = pb.StartBackfillRequest(
         dry_run=mode == "dry-run", workspace_id=workspace, rate_limit=rps, batch_size=batch, max_keys=max_keys
     )
-    async with conn.channel() as channel:
-        stream = conn.controller(channel).StartBackfill(request, metadata=conn.metadata)
-        return await follow(stream, as_json)
+    return await _follow(ctx, "StartBackfill", request, as_json)
 
 
 @backfill.command("watch", epilog=EXIT_CODES_HELP)
 @click.argument("backfill_id", required=False, default="")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead.")
-@click.pass_context
+@json_option("Print one JSON object per event instead.")
 @run
 async def watch(ctx: click.Context, backfill_id: str, as_json: bool) -> int:
     """Re-attach to a running or finished backfill (default: the current or latest one)."""
-    conn = connection(ctx)
-    async with conn.channel() as channel:
-        stream = conn.controller(channel).WatchBackfill(
-            pb.WatchBackfillRequest(backfill_id=backfill_id), metadata=conn.metadata
-        )
-        return await follow(stream, as_json)
+    return await _follow(ctx, "WatchBackfill", pb.WatchBackfillRequest(backfill_id=backfill_id), as_json)
 
 
 @backfill.command("status", epilog=EXIT_CODES_HELP)
 @click.argument("backfill_id", required=False, default="")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
+@json_option()
 @run
 async def status(ctx: click.Context, backfill_id: str, as_json: bool) -> int:
     """Show a backfill's state (default: the current or latest one)."""
-    conn = connection(ctx)
-    async with conn.channel() as channel:
-        state = await conn.controller(channel).GetBackfill(
-            pb.GetBackfillRequest(backfill_id=backfill_id), metadata=conn.metadata
-        )
-    if as_json:
-        print_json(state)
-    else:
-        click.echo(describe(state))
+    show(await call(ctx, "GetBackfill", pb.GetBackfillRequest(backfill_id=backfill_id)), as_json, describe)
     return EXIT_OK
 
 
@@ -135,10 +116,14 @@ CONTROL_COMMANDS = (
 
 
 def _control_command(name: str, method: str, request_type: type, help_text: str) -> None:
-    @click.pass_context
     @run
     async def command(ctx: click.Context, backfill_id: str) -> int:
-        return await _request(connection(ctx), method, request_type, backfill_id)
+        state = await _on_backfill(ctx, backfill_id, method, lambda given: request_type(backfill_id=given))
+        click.echo(
+            f"backfill {state.backfill_id}: {STATE_NAMES[state.state]}"
+            + (f" ({state.reason})" if state.reason else "")
+        )
+        return EXIT_OK
 
     command.__doc__ = help_text
     backfill.command(name, epilog=EXIT_CODES_HELP)(
@@ -154,45 +139,44 @@ for _name, _method, _request_type, _help in CONTROL_COMMANDS:
 @click.argument("backfill_id", required=False, default="")
 @click.option("--rps", type=float, default=None, help="New keys per second; 0 is unthrottled.")
 @click.option("--batch", type=int, default=None, help="New keys per batch.")
-@click.pass_context
 @run
 async def set_options(ctx: click.Context, backfill_id: str, rps: float | None, batch: int | None) -> int:
     """Change the rate or batch size of a running backfill."""
     if rps is None and batch is None:
         raise click.UsageError("say --rps, --batch or both")
-    conn = connection(ctx)
-    async with conn.channel() as channel:
-        stub = conn.controller(channel)
-        backfill_id = backfill_id or await _current_id(conn, channel)
-        request = pb.UpdateBackfillRequest(
-            backfill_id=backfill_id,
-            rate_limit=rps or 0.0,
-            update_rate_limit=rps is not None,
-            batch_size=batch or 0,
-        )
-        state = await stub.UpdateBackfill(request, metadata=conn.metadata)
+    state = await _on_backfill(
+        ctx,
+        backfill_id,
+        "UpdateBackfill",
+        lambda given: pb.UpdateBackfillRequest(
+            backfill_id=given, rate_limit=rps or 0.0, update_rate_limit=rps is not None, batch_size=batch or 0
+        ),
+    )
     click.echo(
         f"backfill {state.backfill_id}: {_rate(state.options.rate_limit)}, batch {state.options.batch_size}"
     )
     return EXIT_OK
 
 
-async def _current_id(conn: Connection, channel: grpc.aio.Channel) -> str:
-    """The current or latest backfill, for commands given no id."""
-    state = await conn.controller(channel).GetBackfill(pb.GetBackfillRequest(), metadata=conn.metadata)
-    return state.backfill_id
-
-
-async def _request(conn: Connection, method: str, request_type: type, backfill_id: str) -> int:
+async def _on_backfill(
+    ctx: click.Context, backfill_id: str, method: str, request_of: Callable[[str], Message]
+) -> pb.Backfill:
+    """Call ``method`` for the backfill given, or (none given) the current or latest one."""
+    conn = connection(ctx)
     async with conn.channel() as channel:
         stub = conn.controller(channel)
-        backfill_id = backfill_id or await _current_id(conn, channel)
-        state = await getattr(stub, method)(request_type(backfill_id=backfill_id), metadata=conn.metadata)
-    click.echo(
-        f"backfill {state.backfill_id}: {STATE_NAMES[state.state]}"
-        + (f" ({state.reason})" if state.reason else "")
-    )
-    return EXIT_OK
+        if not backfill_id:
+            latest = await stub.GetBackfill(pb.GetBackfillRequest(), metadata=conn.metadata)
+            backfill_id = latest.backfill_id
+        return await getattr(stub, method)(request_of(backfill_id), metadata=conn.metadata)
+
+
+async def _follow(ctx: click.Context, method: str, request: Message, as_json: bool) -> int:
+    conn = connection(ctx)
+    async with conn.channel() as channel:
+        return await follow(
+            getattr(conn.controller(channel), method)(request, metadata=conn.metadata), as_json
+        )
 
 
 # --- following a stream -------------------------------------------------------------------------

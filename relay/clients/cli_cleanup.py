@@ -6,18 +6,27 @@ Both are dry runs unless --execute is given. Exit 0 when the run completed (or s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import click
 
-from relay.clients.cli_common import EXIT_FAILED, EXIT_OK, connection, print_json, run
-from relay.clients.cli_progress import follow_with_bar
+from relay.clients.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Decorator,
+    enum_names,
+    json_option,
+    pace_options,
+    run,
+    show,
+)
+from relay.clients.cli_progress import RunEvents, follow_run
 from relay.v1 import cleanup_pb2 as pb
 
+# The proto's INTERRUPTED is the sweep's STOPPED (max_keys, a refusal, the caller went away): the word
+# an operator who set --max-keys expects, and the console's state colour.
 STATE_NAMES = {
-    pb.CLEANUP_STATE_RUNNING: "running",
-    pb.CLEANUP_STATE_COMPLETED: "completed",
-    pb.CLEANUP_STATE_FAILED: "failed",
+    **enum_names(pb.CleanupState, lower=True, unset=False),
     pb.CLEANUP_STATE_INTERRUPTED: "stopped",
 }
 
@@ -50,16 +59,30 @@ def summary(result: pb.Cleanup, what: str, done_label: str) -> str:
     return "\n".join(lines)
 
 
-async def follow(events: AsyncIterator[pb.CleanupEvent], title: str) -> pb.Cleanup:
-    return await follow_with_bar(events, title, lambda event: event.cleanup, _progress, pb.Cleanup())
-
-
 def _progress(result: pb.Cleanup) -> tuple[float, str]:
     phase = f"{result.phase}: " if result.phase != "done" else ""
     return (
         result.percent_done,
         f"{phase}{result.scanned:,} scanned, {result.done:,} done, {result.rate:,.0f} keys/s",
     )
+
+
+EVENTS: RunEvents[pb.CleanupEvent, pb.Cleanup] = RunEvents(lambda event: event.cleanup, _progress, pb.Cleanup)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What tells cleanup and reverse-copy apart: the RPC, the words of the bar and the summary."""
+
+    method: str
+    title: str
+    what: str
+    done: str
+    would_do: str
+
+
+CLEANUP = Sweep("CleanupLegacy", "cleanup", "Cleanup", "Deleted", "Would delete")
+REVERSE_COPY = Sweep("ReverseCopy", "reverse copy", "Reverse copy", "Copied", "Would copy")
 
 
 def exit_code(result: pb.Cleanup, max_keys: int) -> int:
@@ -70,57 +93,57 @@ def exit_code(result: pb.Cleanup, max_keys: int) -> int:
     return EXIT_FAILED
 
 
+async def sweep(
+    ctx: click.Context,
+    kind: Sweep,
+    request: pb.CleanupLegacyRequest | pb.ReverseCopyRequest,
+    as_json: bool,
+    max_keys: int = 0,
+) -> int:
+    """Run a cleanup or reverse copy to its end, then its summary (or JSON) and exit code."""
+    result = await follow_run(ctx, kind.method, request, kind.title, EVENTS)
+    show(result, as_json, lambda r: summary(r, kind.what, kind.would_do if r.dry_run else kind.done))
+    return exit_code(result, max_keys)
+
+
+def dry_run_option(verb: str) -> Decorator:
+    return click.option(
+        "--dry-run/--execute", "dry_run", default=True, help=f"Count only (default), or {verb}."
+    )
+
+
 @click.command("cleanup", help="Delete legacy job keys whose new copy is equal or newer (NEW_ONLY only).")
-@click.option("--dry-run/--execute", "dry_run", default=True, help="Count only (default), or delete.")
-@click.option("--rps", type=float, default=0.0, help="Keys per second; 0: unthrottled.")
-@click.option("--batch", type=int, default=1000, help="Keys per SCAN batch.")
+@dry_run_option("delete")
+@pace_options
 @click.option("--max-keys", type=int, default=0, help="Stop after this many keys; --resume continues.")
 @click.option("--resume", is_flag=True, help="Continue the last unfinished cleanup from its checkpoint.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final state as JSON.")
-@click.pass_context
+@json_option("Print the final state as JSON.")
 @run
 async def cleanup(
     ctx: click.Context, dry_run: bool, rps: float, batch: int, max_keys: int, resume: bool, as_json: bool
 ) -> int:
-    if resume and dry_run:
-        dry_run = False  # only an execute run leaves a checkpoint to resume
-    conn = connection(ctx)
+    # --resume executes: only an execute run leaves a checkpoint to resume.
     request = pb.CleanupLegacyRequest(
-        dry_run=dry_run, rate_limit=rps, batch_size=batch, max_keys=max_keys, resume=resume
+        dry_run=dry_run and not resume, rate_limit=rps, batch_size=batch, max_keys=max_keys, resume=resume
     )
-    async with conn.channel() as channel:
-        events = conn.controller(channel).CleanupLegacy(request, metadata=conn.metadata)
-        result = await follow(events, "cleanup")
-    if as_json:
-        print_json(result)
-    else:
-        click.echo(summary(result, "Cleanup", "Deleted" if not result.dry_run else "Would delete"))
-    return exit_code(result, max_keys)
+    return await sweep(ctx, CLEANUP, request, as_json, max_keys)
 
 
 @click.command("reverse-copy", help="Copy new-layout records back to legacy where it is missing or older.")
-@click.option("--dry-run/--execute", "dry_run", default=True, help="Count only (default), or copy.")
+@dry_run_option("copy")
 @click.option("--workspace", default="", help="Only this workspace; default: all.")
-@click.option("--rps", type=float, default=0.0, help="Keys per second; 0: unthrottled.")
-@click.option("--batch", type=int, default=1000, help="Keys per SCAN batch.")
+@pace_options
 @click.option("--resume", is_flag=True, help="Continue the last unfinished reverse copy.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final state as JSON.")
-@click.pass_context
+@json_option("Print the final state as JSON.")
 @run
 async def reverse_copy(
     ctx: click.Context, dry_run: bool, workspace: str, rps: float, batch: int, resume: bool, as_json: bool
 ) -> int:
-    if resume and dry_run:
-        dry_run = False
-    conn = connection(ctx)
     request = pb.ReverseCopyRequest(
-        dry_run=dry_run, workspace_id=workspace, rate_limit=rps, batch_size=batch, resume=resume
+        dry_run=dry_run and not resume,
+        workspace_id=workspace,
+        rate_limit=rps,
+        batch_size=batch,
+        resume=resume,
     )
-    async with conn.channel() as channel:
-        events = conn.controller(channel).ReverseCopy(request, metadata=conn.metadata)
-        result = await follow(events, "reverse copy")
-    if as_json:
-        print_json(result)
-    else:
-        click.echo(summary(result, "Reverse copy", "Copied" if not result.dry_run else "Would copy"))
-    return exit_code(result, 0)
+    return await sweep(ctx, REVERSE_COPY, request, as_json)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 import grpc
 from google.protobuf import json_format
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
 from relay.clients.connection import Connection
@@ -34,6 +35,7 @@ _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIE
 _UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 
 def exit_code_for(code: grpc.StatusCode) -> int:
@@ -47,7 +49,8 @@ def exit_code_for(code: grpc.StatusCode) -> int:
 
 
 def run(coro_fn: Callable[..., Coroutine[Any, Any, int | None]]) -> Callable[..., None]:
-    """Run an async command; report gRPC errors in one line (with the ErrorInfo reason) and exit."""
+    """Run an async command, given the click context first; report gRPC errors in one line (with the
+    ErrorInfo reason) and exit."""
 
     @functools.wraps(coro_fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -62,7 +65,7 @@ def run(coro_fn: Callable[..., Coroutine[Any, Any, int | None]]) -> Callable[...
             sys.exit(130)
         sys.exit(code or EXIT_OK)
 
-    return wrapper
+    return click.pass_context(wrapper)
 
 
 def connection(ctx: click.Context) -> Connection:
@@ -75,3 +78,49 @@ def to_dict(message: Message) -> dict[str, Any]:
 
 def print_json(message: Message) -> None:
     click.echo(json.dumps(to_dict(message), sort_keys=False))
+
+
+def show(message: M, as_json: bool, describe: Callable[[M], str]) -> None:
+    """A reply as JSON (``--json``, for scripts) or as the command's text for people."""
+    if as_json:
+        print_json(message)
+    else:
+        click.echo(describe(message))
+
+
+async def call(
+    ctx: click.Context, method: str, request: Message, *, jobs: bool = False, retry_execute: bool = False
+) -> Any:
+    """One unary RPC of the MigrationController (or, with ``jobs``, the JobService) on its own channel;
+    ``retry_execute`` as ``Connection.channel`` takes it."""
+    conn = connection(ctx)
+    async with conn.channel(retry_execute=retry_execute) as channel:
+        stub = conn.jobs(channel) if jobs else conn.controller(channel)
+        return await getattr(stub, method)(request, metadata=conn.metadata)
+
+
+def enum_names(enum: EnumTypeWrapper, *, lower: bool = False, unset: bool = True) -> dict[int, str]:
+    """A protobuf enum's names without their common prefix (``BACKFILL_STATE_RUNNING`` -> ``RUNNING``),
+    derived from the enum so no hand-written map can fall behind it; ``unset=False`` leaves out the
+    zero value (``*_UNSPECIFIED``), for callers that say "unknown" for it."""
+    prefix = enum.DESCRIPTOR.values[0].name.removesuffix("UNSPECIFIED")
+    return {
+        value: name.removeprefix(prefix).lower() if lower else name.removeprefix(prefix)
+        for name, value in enum.items()
+        if value or unset
+    }
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def json_option(help_text: str | None = None) -> Decorator:
+    """``--json``: print JSON instead of text (the option every reading command has)."""
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
+def pace_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--rps`` and ``--batch`` of the runs that SCAN the keyspace at a pace (verify, cleanup,
+    reverse-copy)."""
+    command = click.option("--batch", type=int, default=1000, help="Keys per SCAN batch.")(command)
+    return click.option("--rps", type=float, default=0.0, help="Keys per second; 0: unthrottled.")(command)

@@ -7,7 +7,7 @@ import json
 import click
 from google.protobuf import struct_pb2
 
-from relay.clients.cli_common import connection, print_json, run
+from relay.clients.cli_common import call, connection, json_option, print_json, run
 from relay.core import codec
 from relay.v1 import job_service_pb2 as pb
 
@@ -25,7 +25,6 @@ def jobs() -> None:
 @click.option("--params", default="{}", help="A JSON object.")
 @click.option("--client-request-id", default="", help="Replays with the same id return the original job.")
 @click.option("--actor", default="", help="actor_id recorded on the job.")
-@click.pass_context
 @run
 async def execute(
     ctx: click.Context, provider: str, action_name: str, params: str, client_request_id: str, actor: str
@@ -38,35 +37,21 @@ async def execute(
         raise click.BadParameter("must be a JSON object", param_hint="--params")
     struct = struct_pb2.Struct()
     struct.update(value)
-    conn = connection(ctx)
+    action = pb.Action(
+        provider=provider, action=action_name, params=struct, client_request_id=client_request_id
+    )
+    request = pb.ExecuteRequest(actions=[action], actor_id=actor)
     # Retried on UNAVAILABLE only with a client_request_id: the server answers a repeat with the same job.
-    async with conn.channel(retry_execute=bool(client_request_id)) as channel:
-        reply = await conn.jobs(channel).Execute(
-            pb.ExecuteRequest(
-                actions=[
-                    pb.Action(
-                        provider=provider,
-                        action=action_name,
-                        params=struct,
-                        client_request_id=client_request_id,
-                    )
-                ],
-                actor_id=actor,
-            ),
-            metadata=conn.metadata,
-        )
+    reply = await call(ctx, "Execute", request, jobs=True, retry_execute=bool(client_request_id))
     click.echo(f"job_id: {reply.job_ids[0]}\nqueue_depth: {reply.queue_depth}")
     return 0
 
 
 @jobs.command("get", help="Print one job as JSON.")
 @click.argument("job_id")
-@click.pass_context
 @run
 async def get(ctx: click.Context, job_id: str) -> int:
-    conn = connection(ctx)
-    async with conn.channel() as channel:
-        reply = await conn.jobs(channel).GetJob(pb.GetJobRequest(job_id=job_id), metadata=conn.metadata)
+    reply = await call(ctx, "GetJob", pb.GetJobRequest(job_id=job_id), jobs=True)
     print_json(reply.job)
     return 0
 
@@ -76,8 +61,7 @@ async def get(ctx: click.Context, job_id: str) -> int:
 @click.option("--page-size", type=int, default=20)
 @click.option("--page-token", default="")
 @click.option("--all", "all_pages", is_flag=True, help="Follow next_page_token to the end.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
-@click.pass_context
+@json_option("One JSON object per job.")
 @run
 async def list_jobs(
     ctx: click.Context, status: str | None, page_size: int, page_token: str, all_pages: bool, as_json: bool

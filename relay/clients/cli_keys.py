@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from relay.clients.cli_common import connection, run
+from relay.clients.cli_common import call, run
 from relay.core.auth import ALL_SCOPES
 from relay.v1 import migration_controller_pb2 as pb
 
@@ -18,28 +18,18 @@ def keys() -> None:
 @click.option("--workspace", default="", help="Required for actions:* scopes.")
 @click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(ALL_SCOPES))
 @click.option("--description", default="")
-@click.pass_context
 @run
 async def create(ctx: click.Context, workspace: str, scopes: tuple[str, ...], description: str) -> int:
-    conn = connection(ctx)
-    async with conn.channel() as channel:
-        reply = await conn.controller(channel).CreateApiKey(
-            pb.CreateApiKeyRequest(workspace_id=workspace, scopes=list(scopes), description=description),
-            metadata=conn.metadata,
-        )
+    request = pb.CreateApiKeyRequest(workspace_id=workspace, scopes=list(scopes), description=description)
+    reply = await call(ctx, "CreateApiKey", request)
     click.echo(f"api_key: {reply.api_key}\ndigest:  {reply.key_digest}")
     return 0
 
 
 @keys.command("revoke", help="Revoke a key by its digest (sha256:<hex>).")
 @click.argument("digest")
-@click.pass_context
 @run
 async def revoke(ctx: click.Context, digest: str) -> int:
-    conn = connection(ctx)
-    async with conn.channel() as channel:
-        reply = await conn.controller(channel).RevokeApiKey(
-            pb.RevokeApiKeyRequest(key_digest=digest), metadata=conn.metadata
-        )
+    reply = await call(ctx, "RevokeApiKey", pb.RevokeApiKeyRequest(key_digest=digest))
     click.echo("revoked" if reply.revoked else "no such key")
     return 0 if reply.revoked else 3

@@ -1,12 +1,18 @@
-"""The live progress bar of relayctl's long operations (rich), drawn on stderr."""
+"""The live progress bar of relayctl's long operations (rich), drawn on stderr, and the one way a
+command follows such an operation's stream to its last result."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
+import click
+from google.protobuf.message import Message
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from relay.clients.cli_common import connection
 
 E = TypeVar("E")
 R = TypeVar("R")
@@ -43,3 +49,23 @@ async def follow_with_bar(
             percent, detail = progress_of(result)
             bar.update(task, completed=percent, detail=detail)
     return result
+
+
+@dataclass(frozen=True)
+class RunEvents(Generic[E, R]):
+    """How ``follow_run`` reads one kind of run's events: the result each carries, what the bar shows
+    of a result, and the result of a stream with no event at all."""
+
+    result_of: Callable[[E], R]
+    progress_of: Callable[[R], tuple[float, str]]
+    empty: Callable[[], R]
+
+
+async def follow_run(
+    ctx: click.Context, method: str, request: Message, title: str, events: RunEvents[E, R]
+) -> R:
+    """Start the controller's streaming ``method`` and follow it to its end under a bar; the last result."""
+    conn = connection(ctx)
+    async with conn.channel() as channel:
+        stream = getattr(conn.controller(channel), method)(request, metadata=conn.metadata)
+        return await follow_with_bar(stream, title, events.result_of, events.progress_of, events.empty())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from relay.clients.cli_common import connection, print_json, run
+from relay.clients.cli_common import call, json_option, run, show
 from relay.core.stages import Stage
 from relay.v1 import stage_pb2
 
@@ -49,19 +49,11 @@ def stage() -> None:
 
 @stage.command("get", help="Show the stage in force for a workspace, or the global default.")
 @click.option("--workspace", default="", help="A workspace id; default: the global default.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
+@json_option()
 @run
 async def get(ctx: click.Context, workspace: str, as_json: bool) -> int:
-    conn = connection(ctx)
-    async with conn.channel() as channel:
-        reply = await conn.controller(channel).GetStage(
-            stage_pb2.GetStageRequest(workspace_id=workspace), metadata=conn.metadata
-        )
-    if as_json:
-        print_json(reply.setting)
-    else:
-        click.echo(describe(reply.setting))
+    reply = await call(ctx, "GetStage", stage_pb2.GetStageRequest(workspace_id=workspace))
+    show(reply.setting, as_json, describe)
     return 0
 
 
@@ -74,16 +66,11 @@ async def get(ctx: click.Context, workspace: str, as_json: bool) -> int:
 @click.argument("stage_name", metavar="STAGE")
 @click.option("--workspace", default="", help="Set an override for this workspace only (a canary).")
 @click.option("--shadow", is_flag=True, help="With read-new: also read legacy, compare, count mismatches.")
-@click.pass_context
 @run
 async def set_(ctx: click.Context, stage_name: str, workspace: str, shadow: bool) -> int:
     target = _stage(stage_name)
-    conn = connection(ctx)
-    async with conn.channel() as channel:
-        reply = await conn.controller(channel).SetStage(
-            stage_pb2.SetStageRequest(workspace_id=workspace, stage=int(target), shadow_reads=shadow),
-            metadata=conn.metadata,
-        )
+    request = stage_pb2.SetStageRequest(workspace_id=workspace, stage=int(target), shadow_reads=shadow)
+    reply = await call(ctx, "SetStage", request)
     scope = f"workspace {workspace}" if workspace else "global default"
     click.echo(
         f"{scope}: {Stage(reply.previous.stage).name} -> {Stage(reply.setting.stage).name}"
@@ -94,13 +81,10 @@ async def set_(ctx: click.Context, stage_name: str, workspace: str, shadow: bool
 
 @stage.command("clear", help="Remove a workspace's override, so it follows the global default again.")
 @click.option("--workspace", required=True)
-@click.pass_context
 @run
 async def clear(ctx: click.Context, workspace: str) -> int:
-    conn = connection(ctx)
-    async with conn.channel() as channel:
-        reply = await conn.controller(channel).SetStage(
-            stage_pb2.SetStageRequest(workspace_id=workspace, clear_override=True), metadata=conn.metadata
-        )
+    reply = await call(
+        ctx, "SetStage", stage_pb2.SetStageRequest(workspace_id=workspace, clear_override=True)
+    )
     click.echo(f"workspace {workspace} follows the global default: {Stage(reply.setting.stage).name}")
     return 0

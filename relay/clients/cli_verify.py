@@ -11,16 +11,20 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from relay.clients.cli_common import EXIT_FAILED, EXIT_OK, connection, print_json, run
-from relay.clients.cli_progress import follow_with_bar
+from relay.clients.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    call,
+    enum_names,
+    json_option,
+    pace_options,
+    print_json,
+    run,
+)
+from relay.clients.cli_progress import RunEvents, follow_run
 from relay.v1 import verification_pb2 as pb
 
-STATE_NAMES = {
-    pb.VERIFICATION_STATE_RUNNING: "running",
-    pb.VERIFICATION_STATE_COMPLETED: "completed",
-    pb.VERIFICATION_STATE_FAILED: "failed",
-    pb.VERIFICATION_STATE_INTERRUPTED: "interrupted",
-}
+STATE_NAMES = enum_names(pb.VerificationState, lower=True, unset=False)
 
 
 def diff_table(result: pb.Verification) -> Table:
@@ -77,34 +81,31 @@ def _progress(result: pb.Verification) -> tuple[float, str]:
     return result.percent_done, f"{result.phase} keys, {scanned:,} scanned" if result.phase != "done" else ""
 
 
+EVENTS: RunEvents[pb.VerificationEvent, pb.Verification] = RunEvents(
+    lambda event: event.verification, _progress, pb.Verification
+)
+
+
 @click.command(
     "verify", help="Compare legacy job records with the new layout (like VDiff) and show the diff."
 )
 @click.option("--workspace", default="", help="Only this workspace; default: all.")
-@click.option("--rps", type=float, default=0.0, help="Keys per second; 0: unthrottled.")
-@click.option("--batch", type=int, default=1000, help="Keys per SCAN batch.")
+@pace_options
 @click.option("--resume", is_flag=True, help="Continue the last unfinished verification.")
 @click.option("--last", is_flag=True, help="Show the last stored verification; run nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON.")
-@click.pass_context
+@json_option("Print the final result as JSON.")
 @run
 async def verify(
     ctx: click.Context, workspace: str, rps: float, batch: int, resume: bool, last: bool, as_json: bool
 ) -> int:
-    conn = connection(ctx)
     console = Console() if sys.stdout.isatty() else Console(width=120)
-    async with conn.channel() as channel:
-        stub = conn.controller(channel)
-        if last:
-            result = await stub.GetVerification(pb.GetVerificationRequest(), metadata=conn.metadata)
-        else:
-            request = pb.VerifyMigrationRequest(
-                workspace_id=workspace, rate_limit=rps, batch_size=batch, resume=resume
-            )
-            events = stub.VerifyMigration(request, metadata=conn.metadata)
-            result = await follow_with_bar(
-                events, "verify", lambda event: event.verification, _progress, pb.Verification()
-            )
+    if last:
+        result = await call(ctx, "GetVerification", pb.GetVerificationRequest())
+    else:
+        request = pb.VerifyMigrationRequest(
+            workspace_id=workspace, rate_limit=rps, batch_size=batch, resume=resume
+        )
+        result = await follow_run(ctx, "VerifyMigration", request, "verify", EVENTS)
     if as_json:
         print_json(result)
     else:
