@@ -7,6 +7,7 @@ Both are dry runs unless --execute is given. Exit 0 when the run completed (or s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -70,21 +71,6 @@ def _progress(result: pb.Cleanup) -> tuple[float, str]:
 EVENTS: RunEvents[pb.CleanupEvent, pb.Cleanup] = RunEvents(lambda event: event.cleanup, _progress, pb.Cleanup)
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """What tells cleanup and reverse-copy apart: the RPC, the words of the bar and the summary."""
-
-    method: str
-    title: str
-    what: str
-    done: str
-    would_do: str
-
-
-CLEANUP = Sweep("CleanupLegacy", "cleanup", "Cleanup", "Deleted", "Would delete")
-REVERSE_COPY = Sweep("ReverseCopy", "reverse copy", "Reverse copy", "Copied", "Would copy")
-
-
 def exit_code(result: pb.Cleanup, max_keys: int) -> int:
     if result.state == pb.CLEANUP_STATE_COMPLETED:
         return EXIT_OK
@@ -93,57 +79,88 @@ def exit_code(result: pb.Cleanup, max_keys: int) -> int:
     return EXIT_FAILED
 
 
-async def sweep(
-    ctx: click.Context,
-    kind: Sweep,
-    request: pb.CleanupLegacyRequest | pb.ReverseCopyRequest,
-    as_json: bool,
-    max_keys: int = 0,
-) -> int:
-    """Run a cleanup or reverse copy to its end, then its summary (or JSON) and exit code."""
-    result = await follow_run(ctx, kind.method, request, kind.title, EVENTS)
-    show(result, as_json, lambda r: summary(r, kind.what, kind.would_do if r.dry_run else kind.done))
-    return exit_code(result, max_keys)
+@dataclass(frozen=True)
+class Sweep:
+    """One of the two sweep commands, cleanup and reverse-copy: alike but for what is in this table.
+
+    The request is the RPC's ``<method>Request``; ``before_pace`` and ``after_pace`` are the command's own
+    options (named as the request fields they fill), around the shared ones in ``--help`` order."""
+
+    name: str
+    method: str
+    help: str
+    verb: str
+    done: str
+    resume_help: str
+    before_pace: tuple[Decorator, ...] = ()
+    after_pace: tuple[Decorator, ...] = ()
+
+    @property
+    def what(self) -> str:
+        return self.name.replace("-", " ").capitalize()
 
 
-def dry_run_option(verb: str) -> Decorator:
-    return click.option(
-        "--dry-run/--execute", "dry_run", default=True, help=f"Count only (default), or {verb}."
-    )
+CLEANUP = Sweep(
+    "cleanup",
+    "CleanupLegacy",
+    "Delete legacy job keys whose new copy is equal or newer (NEW_ONLY only).",
+    "delete",
+    "Deleted",
+    "Continue the last unfinished cleanup from its checkpoint.",
+    after_pace=(
+        click.option(
+            "--max-keys", type=int, default=0, help="Stop after this many keys; --resume continues."
+        ),
+    ),
+)
+REVERSE_COPY = Sweep(
+    "reverse-copy",
+    "ReverseCopy",
+    "Copy new-layout records back to legacy where it is missing or older.",
+    "copy",
+    "Copied",
+    "Continue the last unfinished reverse copy.",
+    before_pace=(
+        click.option("--workspace", "workspace_id", default="", help="Only this workspace; default: all."),
+    ),
+)
 
 
-@click.command("cleanup", help="Delete legacy job keys whose new copy is equal or newer (NEW_ONLY only).")
-@dry_run_option("delete")
-@pace_options
-@click.option("--max-keys", type=int, default=0, help="Stop after this many keys; --resume continues.")
-@click.option("--resume", is_flag=True, help="Continue the last unfinished cleanup from its checkpoint.")
-@json_option("Print the final state as JSON.")
-@run
-async def cleanup(
-    ctx: click.Context, dry_run: bool, rps: float, batch: int, max_keys: int, resume: bool, as_json: bool
-) -> int:
-    # --resume executes: only an execute run leaves a checkpoint to resume.
-    request = pb.CleanupLegacyRequest(
-        dry_run=dry_run and not resume, rate_limit=rps, batch_size=batch, max_keys=max_keys, resume=resume
-    )
-    return await sweep(ctx, CLEANUP, request, as_json, max_keys)
+def sweep_command(kind: Sweep) -> click.Command:
+    """The relayctl command of a sweep: options, the run followed under a bar, the summary, the exit code."""
+
+    @run
+    async def command(
+        ctx: click.Context, dry_run: bool, rps: float, batch: int, resume: bool, as_json: bool, **own: Any
+    ) -> int:
+        request = getattr(pb, f"{kind.method}Request")(
+            dry_run=dry_run and not resume,  # --resume executes: only an execute run leaves a checkpoint
+            rate_limit=rps,
+            batch_size=batch,
+            resume=resume,
+            **own,
+        )
+        result = await follow_run(ctx, kind.method, request, kind.what.lower(), EVENTS)
+        show(
+            result, as_json, lambda r: summary(r, kind.what, f"Would {kind.verb}" if r.dry_run else kind.done)
+        )
+        return exit_code(result, own.get("max_keys", 0))
+
+    decorators = [
+        click.command(kind.name, help=kind.help),
+        click.option(
+            "--dry-run/--execute", "dry_run", default=True, help=f"Count only (default), or {kind.verb}."
+        ),
+        *kind.before_pace,
+        pace_options,
+        *kind.after_pace,
+        click.option("--resume", is_flag=True, help=kind.resume_help),
+        json_option("Print the final state as JSON."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command  # type: ignore[return-value]  # click.command made it a Command
 
 
-@click.command("reverse-copy", help="Copy new-layout records back to legacy where it is missing or older.")
-@dry_run_option("copy")
-@click.option("--workspace", default="", help="Only this workspace; default: all.")
-@pace_options
-@click.option("--resume", is_flag=True, help="Continue the last unfinished reverse copy.")
-@json_option("Print the final state as JSON.")
-@run
-async def reverse_copy(
-    ctx: click.Context, dry_run: bool, workspace: str, rps: float, batch: int, resume: bool, as_json: bool
-) -> int:
-    request = pb.ReverseCopyRequest(
-        dry_run=dry_run and not resume,
-        workspace_id=workspace,
-        rate_limit=rps,
-        batch_size=batch,
-        resume=resume,
-    )
-    return await sweep(ctx, REVERSE_COPY, request, as_json)
+cleanup = sweep_command(CLEANUP)
+reverse_copy = sweep_command(REVERSE_COPY)
