@@ -35,6 +35,31 @@ SECURITY_HEADERS = [
 ]
 
 
+#: The pages (GET, by name), the event streams (GET) and the forms' actions (POST); each handler's
+#: decorator in ``pages`` says what it needs of the session.
+PAGES: dict[str, tuple[str, Callable[..., Any]]] = {
+    "overview": ("/", pages.overview),
+    "backfill": ("/backfill", pages.backfill),
+    "verification": ("/verification", run_pages.verification),
+    "cleanup": ("/cleanup", run_pages.cleanup),
+    "signin": ("/signin", pages.signin_form),
+}
+STREAMS: dict[str, Callable[..., Any]] = {
+    "/events/backfill": pages.backfill_events,
+    "/events/run/{kind:str}": run_pages.run_events,
+}
+ACTIONS: dict[str, Callable[..., Any]] = {
+    "/stage": pages.set_stage,
+    "/backfill/start": pages.start_backfill,
+    "/backfill/{action:str}": pages.control_backfill,
+    "/verification/start": run_pages.start_verification,
+    "/cleanup/start": run_pages.start_cleanup,
+    "/reverse-copy/start": run_pages.start_reverse_copy,
+    "/signin": pages.signin,
+    "/signout": pages.signout,
+}
+
+
 @dataclass
 class Console:
     controller: Controller
@@ -89,21 +114,9 @@ def create_app(
         await console.controller.close()
 
     routes = [
-        Route("/", pages.overview, methods=["GET"], name="overview"),
-        Route("/stage", pages.set_stage, methods=["POST"]),
-        Route("/backfill", pages.backfill, methods=["GET"], name="backfill"),
-        Route("/backfill/start", pages.start_backfill, methods=["POST"]),
-        Route("/backfill/{action:str}", pages.control_backfill, methods=["POST"]),
-        Route("/events/backfill", pages.backfill_events, methods=["GET"]),
-        Route("/verification", run_pages.verification, methods=["GET"], name="verification"),
-        Route("/verification/start", run_pages.start_verification, methods=["POST"]),
-        Route("/cleanup", run_pages.cleanup, methods=["GET"], name="cleanup"),
-        Route("/cleanup/start", run_pages.start_cleanup, methods=["POST"]),
-        Route("/reverse-copy/start", run_pages.start_reverse_copy, methods=["POST"]),
-        Route("/events/run/{kind:str}", run_pages.run_events, methods=["GET"]),
-        Route("/signin", pages.signin_form, methods=["GET"], name="signin"),
-        Route("/signin", pages.signin, methods=["POST"]),
-        Route("/signout", pages.signout, methods=["POST"]),
+        *(Route(path, handler, methods=["GET"], name=name) for name, (path, handler) in PAGES.items()),
+        *(Route(path, handler, methods=["GET"]) for path, handler in STREAMS.items()),
+        *(Route(path, handler, methods=["POST"]) for path, handler in ACTIONS.items()),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

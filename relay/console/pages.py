@@ -61,6 +61,8 @@ def _secure(request: Request) -> bool:
 def _render(
     request: Request, name: str, session: Session | None, status: int = 200, **context: Any
 ) -> Response:
+    """A page; ``streams`` (event stream URLs the page follows) and ``live_state`` (the state rendered,
+    which live updates then leave) go on its body for console.js."""
     context.update(
         session=session,
         flashes=session.take_flashes() if session else context.pop("flashes", []),
@@ -107,9 +109,13 @@ def stream(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 
 def action(
-    admin: bool = True,
+    admin: bool = True, back: str = ""
 ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
-    """A POST that changes something: a session, the same origin, its CSRF token and (usually) admin."""
+    """A POST that changes something: a session, the same origin, its CSRF token and (usually) admin.
+
+    With ``back`` (the page of the form), a ValueError from reading the form is what the operator must
+    fix: it is flashed on that page, and nothing was asked of the controller.
+    """
 
     def decorate(handler: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(handler)
@@ -133,7 +139,13 @@ def action(
                 return _refused(
                     request, 403, "refused: this api key can view but not change (needs migration:admin)"
                 )
-            return await handler(request, session, form)
+            if not back:
+                return await handler(request, session, form)
+            try:
+                return await handler(request, session, form)
+            except ValueError as exc:
+                session.flash("error", str(exc))
+                return _back(request, back)
 
         return wrapper
 
@@ -152,6 +164,18 @@ def _number(form: FormData, name: str, kind: type = float, default: float = 0) -
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         raise ValueError(f"{name} must be a finite number")
     return value
+
+
+def _dry_run(form: FormData) -> bool:
+    """The mode button of a form that offers a dry run and an execute."""
+    mode = form.get("mode")
+    if mode not in ("dry-run", "execute"):
+        raise ValueError("choose a dry run or an execute")
+    return mode == "dry-run"
+
+
+def _resume(form: FormData) -> bool:
+    return form.get("resume") == "1"
 
 
 def _workspace(form: FormData | dict[str, Any], name: str = "workspace") -> str:
@@ -286,18 +310,14 @@ async def overview(request: Request, session: Session) -> Response:
     )
 
 
-@action()
+@action(back="/")
 async def set_stage(request: Request, session: Session, form: FormData) -> Response:
     console = _console(request)
-    try:
-        workspace_id = _workspace(form)
-        clear = form.get("clear") == "1"
-        target = str(form.get("stage") or "")
-        if not clear and target not in Stage.__members__:
-            raise ValueError("choose a stage")
-    except ValueError as exc:
-        session.flash("error", str(exc))
-        return _back(request, "/")
+    workspace_id = _workspace(form)
+    clear = form.get("clear") == "1"
+    target = str(form.get("stage") or "")
+    if not clear and target not in Stage.__members__:
+        raise ValueError("choose a stage")
     shadow = form.get("shadow") == "1"
     scope_label = f"workspace {workspace_id}" if workspace_id else "global default"
     request_pb = (
@@ -338,29 +358,26 @@ async def backfill(request: Request, session: Session) -> Response:
     except RpcFailure as failure:
         errors.append(str(failure))
     view = None
+    live: dict[str, Any] = {}
     if current is not None:
         console.runs.sample(current)
         view = backfill_view(current, console.runs.samples.get(current.backfill_id))
-    return _render(request, "backfill.html", session, backfill=view, errors=errors)
+        if not view["terminal"]:
+            live = {"streams": [f"/events/backfill?id={view['id']}"], "live_state": view["state"]}
+    return _render(request, "backfill.html", session, backfill=view, errors=errors, **live)
 
 
-@action()
+@action(back="/backfill")
 async def start_backfill(request: Request, session: Session, form: FormData) -> Response:
     console = _console(request)
     mode = form.get("mode")
-    try:
-        if mode not in ("dry-run", "execute"):
-            raise ValueError("choose a dry run or an execute")
-        start = backfill_pb2.StartBackfillRequest(
-            dry_run=mode == "dry-run",
-            workspace_id=_workspace(form),
-            rate_limit=_number(form, "rps"),
-            batch_size=_number(form, "batch", int),
-            max_keys=_number(form, "max_keys", int),
-        )
-    except ValueError as exc:
-        session.flash("error", str(exc))
-        return _back(request, "/backfill")
+    start = backfill_pb2.StartBackfillRequest(
+        dry_run=_dry_run(form),
+        workspace_id=_workspace(form),
+        rate_limit=_number(form, "rps"),
+        batch_size=_number(form, "batch", int),
+        max_keys=_number(form, "max_keys", int),
+    )
     events = console.controller.start_backfill(session.api_key, start)
     try:
         first = await anext(events)
@@ -387,7 +404,7 @@ CONTROL = {"pause": "PauseBackfill", "resume": "ResumeBackfill", "cancel": "Canc
 PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
 
 
-@action()
+@action(back="/backfill")
 async def control_backfill(request: Request, session: Session, form: FormData) -> Response:
     console = _console(request)
     verb = request.path_params["action"]
@@ -402,9 +419,6 @@ async def control_backfill(request: Request, session: Session, form: FormData) -
             what = f"{PAST[verb]} backfill {backfill_id}"
         else:
             return _refused(request, 404, "no such action")
-    except ValueError as exc:
-        session.flash("error", str(exc))
-        return _back(request, "/backfill")
     except RpcFailure as failure:
         _audit(
             session, f"{verb} backfill {backfill_id}: refused: {failure.code.name}", backfill_id=backfill_id

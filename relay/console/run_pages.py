@@ -21,9 +21,11 @@ from relay.console.pages import (
     _audit,
     _back,
     _console,
+    _dry_run,
     _number,
     _refused,
     _render,
+    _resume,
     _workspace,
     action,
     page,
@@ -50,6 +52,7 @@ async def verification(request: Request, session: Session) -> Response:
             latest = await console.controller.get_verification(session.api_key)
         except RpcFailure as failure:
             errors.append(str(failure))
+    streams = _live_streams(console.runs, ("verification",))
     return _render(
         request,
         "verification.html",
@@ -57,19 +60,26 @@ async def verification(request: Request, session: Session) -> Response:
         run=run,
         verification=verification_view(latest) if latest is not None else None,
         errors=errors,
+        streams=streams,
+        live_state="running" if streams else "",
     )
 
 
-@action()
+def _live_streams(runs: Any, kinds: tuple[str, ...]) -> list[str]:
+    """The event streams of the runs of these kinds still going, for the page to follow."""
+    return [
+        f"/events/run/{kind}"
+        for kind in kinds
+        if (run := runs.current.get(kind)) is not None and not run.finished
+    ]
+
+
+@action(back="/verification")
 async def start_verification(request: Request, session: Session, form: FormData) -> Response:
     console = _console(request)
-    try:
-        verify = verification_pb2.VerifyMigrationRequest(
-            workspace_id=_workspace(form), rate_limit=_number(form, "rps"), resume=form.get("resume") == "1"
-        )
-    except ValueError as exc:
-        session.flash("error", str(exc))
-        return _back(request, "/verification")
+    verify = verification_pb2.VerifyMigrationRequest(
+        workspace_id=_workspace(form), rate_limit=_number(form, "rps"), resume=_resume(form)
+    )
     return await _start_run(
         request, session, "verification", False, console.controller.verify(session.api_key, verify)
     )
@@ -108,46 +118,31 @@ async def cleanup(request: Request, session: Session) -> Response:
     for kind in ("cleanup", "reverse-copy"):
         run = runs.current.get(kind)
         views[kind] = cleanup_view(run.latest, kind) if run is not None and run.latest is not None else None
-    return _render(request, "cleanup.html", session, runs=runs.current, views=views, errors=[])
+    streams = _live_streams(runs, ("cleanup", "reverse-copy"))
+    return _render(
+        request, "cleanup.html", session, runs=runs.current, views=views, errors=[], streams=streams
+    )
 
 
-@action()
+@action(back="/cleanup")
 async def start_cleanup(request: Request, session: Session, form: FormData) -> Response:
-    console = _console(request)
-    mode = form.get("mode")
-    try:
-        if mode not in ("dry-run", "execute"):
-            raise ValueError("choose a dry run or an execute")
-        req = cleanup_pb2.CleanupLegacyRequest(
-            dry_run=mode == "dry-run", rate_limit=_number(form, "rps"), resume=form.get("resume") == "1"
-        )
-    except ValueError as exc:
-        session.flash("error", str(exc))
-        return _back(request, "/cleanup")
-    return await _start_run(
-        request, session, "cleanup", req.dry_run, console.controller.cleanup(session.api_key, req)
+    req = cleanup_pb2.CleanupLegacyRequest(
+        dry_run=_dry_run(form), rate_limit=_number(form, "rps"), resume=_resume(form)
     )
+    events = _console(request).controller.cleanup(session.api_key, req)
+    return await _start_run(request, session, "cleanup", req.dry_run, events)
 
 
-@action()
+@action(back="/cleanup")
 async def start_reverse_copy(request: Request, session: Session, form: FormData) -> Response:
-    console = _console(request)
-    mode = form.get("mode")
-    try:
-        if mode not in ("dry-run", "execute"):
-            raise ValueError("choose a dry run or an execute")
-        req = cleanup_pb2.ReverseCopyRequest(
-            dry_run=mode == "dry-run",
-            workspace_id=_workspace(form),
-            rate_limit=_number(form, "rps"),
-            resume=form.get("resume") == "1",
-        )
-    except ValueError as exc:
-        session.flash("error", str(exc))
-        return _back(request, "/cleanup")
-    return await _start_run(
-        request, session, "reverse-copy", req.dry_run, console.controller.reverse_copy(session.api_key, req)
+    req = cleanup_pb2.ReverseCopyRequest(
+        dry_run=_dry_run(form),
+        workspace_id=_workspace(form),
+        rate_limit=_number(form, "rps"),
+        resume=_resume(form),
     )
+    events = _console(request).controller.reverse_copy(session.api_key, req)
+    return await _start_run(request, session, "reverse-copy", req.dry_run, events)
 
 
 @stream

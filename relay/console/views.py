@@ -14,6 +14,7 @@ from relay.clients.cli_backfill import STATE_NAMES as BACKFILL_STATES
 from relay.clients.cli_backfill import summary as backfill_summary
 from relay.clients.cli_cleanup import STATE_NAMES as CLEANUP_STATES
 from relay.clients.cli_cleanup import summary as cleanup_summary
+from relay.clients.cli_common import enum_names
 from relay.core.stages import Stage
 from relay.v1 import backfill_pb2, cleanup_pb2, stage_pb2, verification_pb2
 
@@ -22,10 +23,7 @@ TERMINAL_BACKFILL = {
     backfill_pb2.BACKFILL_STATE_FAILED,
     backfill_pb2.BACKFILL_STATE_CANCELLED,
 }
-VERIFICATION_STATES = {
-    value: name.removeprefix("VERIFICATION_STATE_").lower()
-    for name, value in verification_pb2.VerificationState.items()
-}
+VERIFICATION_STATES = enum_names(verification_pb2.VerificationState, lower=True)
 STAGE_ORDER = list(Stage)
 #: What the controller checks before each step forward (its refusal says exactly what is missing).
 STEP_RULES = {
