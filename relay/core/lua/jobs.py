@@ -282,3 +282,63 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+
+READ_SERVED = """
+-- Read-only: jobs as a stage that reads both layouts (no shadow reads) serves them, in one step, with
+-- only the copy served in the reply: half the bytes to send and decode of READ_RECORDS over both keys.
+-- The choice is the caller's own (relay.services.job_store): a legacy copy counts when its workspace_id
+-- is this workspace's, a new one unless its workspace_id names another; of two, the higher revision,
+-- a tie to the layout the stage prefers.
+-- KEYS[2i-1]  job i's new-layout key
+-- KEYS[2i]    job i's legacy key
+local workspace_id = ARGV[1]
+local prefer_new = ARGV[2] == '1'
+-- Returns per job {kind, foreign, record}: kind 'n' (the new copy), 'o' (the legacy copy) or 'm' (none,
+-- record empty); foreign '1' when the new key held another workspace's record. A revision that is not
+-- plain digits (which the caller reads its own way) gives {'b', '0', new, legacy}: both, for the caller.
+local function hash_of(key)
+  local reply = redis.pcall('HGETALL', key)
+  if type(reply) == 'table' and reply.err == nil then return reply end
+  return {}
+end
+local function field_of(flat, name)
+  for i = 1, #flat, 2 do
+    if flat[i] == name then return flat[i + 1] end
+  end
+  return nil
+end
+local function plain_rev(text)
+  if text == nil or text == '' then return 0 end
+  if #text <= 15 and string.find(text, '^%d+$') then return tonumber(text) end
+  return nil
+end
+local out = {}
+for i = 1, #KEYS, 2 do
+  local new, legacy = hash_of(KEYS[i]), hash_of(KEYS[i + 1])
+  local foreign = '0'
+  if #new > 0 then
+    local owner = field_of(new, 'workspace_id')
+    if owner and owner ~= workspace_id then foreign = '1'; new = {} end
+  end
+  if #legacy > 0 and field_of(legacy, 'workspace_id') ~= workspace_id then legacy = {} end
+  local entry
+  if #new > 0 and #legacy > 0 then
+    local rn, rl = plain_rev(field_of(new, 'rev')), plain_rev(field_of(legacy, 'rev'))
+    if rn == nil or rl == nil then
+      entry = {'b', '0', new, legacy}
+    elseif rn > rl or (rn == rl and prefer_new) then
+      entry = {'n', foreign, new}
+    else
+      entry = {'o', foreign, legacy}
+    end
+  elseif #new > 0 then
+    entry = {'n', foreign, new}
+  elseif #legacy > 0 then
+    entry = {'o', foreign, legacy}
+  else
+    entry = {'m', foreign, {}}
+  end
+  out[#out + 1] = entry
+end
+return out
+"""
