@@ -285,7 +285,8 @@ return out
 
 READ_SERVED = """
 -- Read-only: jobs as a stage that reads both layouts (no shadow reads) serves them, in one step, with
--- only the copy served in the reply: half the bytes to send and decode of READ_RECORDS over both keys.
+-- only the copy served in the reply: half the bytes to send and decode of READ_RECORDS over both keys,
+-- and only that copy read whole (each copy's workspace_id and rev decide which).
 -- The choice is the caller's own (relay.services.job_store): a legacy copy counts when its workspace_id
 -- is this workspace's, a new one unless its workspace_id names another; of two, the higher revision,
 -- a tie to the layout the stage prefers.
@@ -301,40 +302,38 @@ local function hash_of(key)
   if type(reply) == 'table' and reply.err == nil then return reply end
   return {}
 end
-local function field_of(flat, name)
-  for i = 1, #flat, 2 do
-    if flat[i] == name then return flat[i + 1] end
-  end
-  return nil
+-- {workspace_id, rev} of a hash (false where absent), or nil when the key holds no hash.
+local function probe(key)
+  local r = redis.pcall('HMGET', key, 'workspace_id', 'rev')
+  if type(r) ~= 'table' or r.err ~= nil then return nil end
+  if not r[1] and not r[2] and redis.call('EXISTS', key) == 0 then return nil end
+  return r
 end
 local function plain_rev(text)
-  if text == nil or text == '' then return 0 end
+  if not text or text == '' then return 0 end
   if #text <= 15 and string.find(text, '^%d+$') then return tonumber(text) end
   return nil
 end
 local out = {}
 for i = 1, #KEYS, 2 do
-  local new, legacy = hash_of(KEYS[i]), hash_of(KEYS[i + 1])
+  local new, legacy = probe(KEYS[i]), redis.pcall('HMGET', KEYS[i + 1], 'workspace_id', 'rev')
   local foreign = '0'
-  if #new > 0 then
-    local owner = field_of(new, 'workspace_id')
-    if owner and owner ~= workspace_id then foreign = '1'; new = {} end
-  end
-  if #legacy > 0 and field_of(legacy, 'workspace_id') ~= workspace_id then legacy = {} end
+  if new and new[1] and new[1] ~= workspace_id then foreign = '1'; new = nil end
+  if type(legacy) ~= 'table' or legacy.err ~= nil or legacy[1] ~= workspace_id then legacy = nil end
   local entry
-  if #new > 0 and #legacy > 0 then
-    local rn, rl = plain_rev(field_of(new, 'rev')), plain_rev(field_of(legacy, 'rev'))
+  if new and legacy then
+    local rn, rl = plain_rev(new[2]), plain_rev(legacy[2])
     if rn == nil or rl == nil then
-      entry = {'b', '0', new, legacy}
+      entry = {'b', '0', hash_of(KEYS[i]), hash_of(KEYS[i + 1])}
     elseif rn > rl or (rn == rl and prefer_new) then
-      entry = {'n', foreign, new}
+      entry = {'n', foreign, hash_of(KEYS[i])}
     else
-      entry = {'o', foreign, legacy}
+      entry = {'o', foreign, hash_of(KEYS[i + 1])}
     end
-  elseif #new > 0 then
-    entry = {'n', foreign, new}
-  elseif #legacy > 0 then
-    entry = {'o', foreign, legacy}
+  elseif new then
+    entry = {'n', foreign, hash_of(KEYS[i])}
+  elseif legacy then
+    entry = {'o', foreign, hash_of(KEYS[i + 1])}
   else
     entry = {'m', foreign, {}}
   end
