@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import sys
 import uuid
@@ -28,9 +29,11 @@ from bench import workload
 from relay.core import codec, event_loop, logs
 from relay.core.auth import SCOPE_EXECUTE, SCOPE_PREVIEW, KeyRing, load_key_file
 from relay.core.config import Settings
+from relay.core.page_token import PageTokenCodec
 from relay.core.rpc_errors import rpc_method
 from relay.core.telemetry import build_metrics
 from relay.server import grpc_server
+from relay.services.listing_cursor import ListingCursor
 from relay.v1 import job_service_pb2 as pb
 from relay.v1 import job_service_pb2_grpc as pb_grpc
 
@@ -50,37 +53,42 @@ def canned_job(workspace_id: str) -> pb.Job:
     return codec.to_proto(record)
 
 
+def canned_token(job: pb.Job) -> str:
+    """A next_page_token as the real service makes it in the middle of the benchmark's listing (index
+    phase, no filter), so that both responses weigh the same on the wire."""
+    member = codec.index_member(job.job_id, codec.now_iso())
+    state = ListingCursor.first(0, legacy_phase=False).index_after(member).to_state()
+    return PageTokenCodec(secrets.token_hex(32).encode()).encode(workload.READ_WORKSPACE, "status=", state)
+
+
 class NoopJobServicer(pb_grpc.JobServiceServicer):
     def __init__(self, keyring: KeyRing):
         self._keyring = keyring
         job = canned_job(workload.READ_WORKSPACE)
         self._get = pb.GetJobResponse(job=job)
-        # A next_page_token of the real one's length, so both responses weigh the same on the wire.
-        self._page = pb.ListJobsResponse(jobs=[job] * workload.PAGE_SIZE, next_page_token="t" * 150)
+        self._page = pb.ListJobsResponse(jobs=[job] * workload.PAGE_SIZE, next_page_token=canned_token(job))
+
+    async def _workspace(self, context: grpc.aio.ServicerContext, scope: str, requested: str = "") -> str:
+        principal = await self._keyring.authorize(context.invocation_metadata(), scope)
+        return principal.workspace(requested)
 
     @rpc_method
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResponse:
-        principal = await self._keyring.authenticate(context.invocation_metadata())
-        principal.require(SCOPE_EXECUTE)
-        principal.workspace(request.workspace_id)
+        await self._workspace(context, SCOPE_EXECUTE, request.workspace_id)
         return pb.ExecuteResponse(job_ids=CANNED_IDS[: len(request.actions)], queue_depth=1)
 
     @rpc_method
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
-        principal = await self._keyring.authenticate(context.invocation_metadata())
-        principal.require(SCOPE_PREVIEW)
-        principal.workspace()
+        await self._workspace(context, SCOPE_PREVIEW)
         return self._get
 
     @rpc_method
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
-        principal = await self._keyring.authenticate(context.invocation_metadata())
-        principal.require(SCOPE_PREVIEW)
-        principal.workspace(request.workspace_id)
+        await self._workspace(context, SCOPE_PREVIEW, request.workspace_id)
         return self._page
 
 

@@ -144,6 +144,12 @@ class KeyRing:
             raise Unauthenticated("the api key is not valid")
         return principal
 
+    async def authorize(self, metadata: Iterable[tuple[str, str | bytes]] | None, scope: str) -> Principal:
+        """The caller's principal, refused (PERMISSION_DENIED) unless its key holds ``scope``."""
+        principal = await self.authenticate(metadata)
+        principal.require(scope)
+        return principal
+
     async def _lookup(self, digest: str) -> Principal | None:
         now = time.monotonic()
         cached = self._cache.get(digest)

@@ -139,6 +139,14 @@ def decode(raw: dict[bytes, bytes] | dict[str, str]) -> Record:
     }
 
 
+def decode_flat(flat: list[bytes]) -> Record:
+    """A hash as Redis returns it from a script (field, value, field, value, ...) as a record."""
+    pairs = iter(flat)
+    return {
+        k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in zip(pairs, pairs, strict=True)
+    }
+
+
 def revision(record: Record) -> int:
     try:
         return int(record.get("rev", "0") or 0)
@@ -231,41 +239,44 @@ def _struct_of(text: str, target: struct_pb2.Struct | struct_pb2.Value, is_param
     return target.ByteSize() <= MAX_STRUCT_WIRE_BYTES
 
 
-def to_proto(record: Record, lossy: Callable[[str], None] | None = None) -> pb.Job:
+#: The JSON payloads of a record: (field, its encoded form's field, the Job's text field, is params).
+_PAYLOADS = (("params", "params_pb", "params_text", True), ("result", "result_pb", "result_text", False))
+
+
+def to_proto(record: Record, lossy: Callable[[str], None] | None = None, into: Any = None) -> pb.Job:
     """The record as a Job. Never raises on stored data (DESIGN.md, invariant 9): params or a result that
     protobuf cannot carry are served as ``params_text``/``result_text``, a time out of Timestamp's range is
-    left unset; ``lossy`` is told the field of each such case (to count it)."""
+    left unset; ``lossy`` is told the field of each such case (to count it).
+
+    With ``into`` (a repeated Job field, such as a page's), the Job is made as its next element: a Job
+    made apart and added later would be copied whole."""
 
     def note(field: str) -> None:
         if lossy is not None:
             lossy(field)
 
-    job = pb.Job(
-        job_id=record.get("job_id", ""),
-        workspace_id=record.get("workspace_id", ""),
-        status=STATUS_TO_PROTO.get(record.get("status", ""), pb.JOB_STATUS_UNSPECIFIED),
-        action_provider=record.get("action_provider", ""),
-        action_name=record.get("action_name", ""),
-        error=record.get("error", ""),
-        actor_id=record.get("actor_id", ""),
-        revision=revision(record),
-    )
-    params = record.get("params", "")
-    if params and not (
-        _from_encoded(job.params, params, record.get("params_pb", ""))
-        or _struct_of(params, job.params, is_params=True)
-    ):
-        job.ClearField("params")
-        job.params_text = params
-        note("params")
-    result = record.get("result", "")
-    if result and not (
-        _from_encoded(job.result, result, record.get("result_pb", ""))
-        or _struct_of(result, job.result, is_params=False)
-    ):
-        job.ClearField("result")
-        job.result_text = result
-        note("result")
+    get = record.get
+    fields = {
+        "job_id": get("job_id", ""),
+        "workspace_id": get("workspace_id", ""),
+        "status": STATUS_TO_PROTO.get(get("status", ""), pb.JOB_STATUS_UNSPECIFIED),
+        "action_provider": get("action_provider", ""),
+        "action_name": get("action_name", ""),
+        "error": get("error", ""),
+        "actor_id": get("actor_id", ""),
+        "revision": revision(record),
+    }
+    job = pb.Job(**fields) if into is None else into.add(**fields)
+    for field, form_field, text_field, is_params in _PAYLOADS:
+        text = get(field, "")
+        if not text:
+            continue
+        target = getattr(job, field)
+        if _from_encoded(target, text, get(form_field, "")) or _struct_of(text, target, is_params):
+            continue
+        job.ClearField(field)
+        setattr(job, text_field, text)
+        note(field)
     for field, target in (
         ("enqueued_at", job.enqueue_time),
         ("started_at", job.start_time),

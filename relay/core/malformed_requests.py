@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from relay.core.errors import InvalidArgument
 from relay.core.rpc_errors import to_status
+from relay.core.wrapping_interceptor import WrappingInterceptor
 
 
 class _Malformed:
@@ -82,22 +83,8 @@ def _guarded_coroutine(behaviour: Callable[..., Awaitable[Any]]) -> Callable[...
     return guarded
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    """Guards every method's request decoding; wrapped handlers are cached per method."""
+class MalformedRequestInterceptor(WrappingInterceptor):
+    """Guards every method's request decoding."""
 
-    def __init__(self) -> None:
-        self._guarded: dict[str, grpc.RpcMethodHandler | None] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        method = handler_call_details.method
-        if method in self._guarded:
-            return self._guarded[method]
-        handler = await continuation(handler_call_details)
-        guarded = _guard(handler) if handler is not None else None
-        if handler is not None:
-            self._guarded[method] = guarded
-        return guarded
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _guard(handler)

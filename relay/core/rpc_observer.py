@@ -12,7 +12,6 @@ The log line holds the method, the status code and the duration, never the reque
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import random
@@ -25,6 +24,7 @@ import grpc
 
 from relay.core import logs
 from relay.core.telemetry import Metrics
+from relay.core.wrapping_interceptor import WrappingInterceptor
 
 log = logging.getLogger("relay.rpc")
 
@@ -92,7 +92,8 @@ def _code_name(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> s
 
 
 class _Observation:
-    """One RPC in flight: its request id is current until :meth:`finish`."""
+    """One RPC in flight, as a ``with`` block around it: its request id is current until the block ends,
+    which records how it ended."""
 
     __slots__ = ("_observer", "_start", "_token", "code", "context", "method")
 
@@ -106,10 +107,17 @@ class _Observation:
         self.context = _RequestContext(context, rid, metadata)
         self._start = time.perf_counter()
 
-    def succeeded(self) -> None:
-        self.code = _code_name(self.context, grpc.StatusCode.OK)  # a method may set_code() and return
+    def __enter__(self) -> _Observation:
+        return self
 
-    def failed(self, exc: BaseException) -> None:
+    def __exit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+        if exc is None:
+            self.code = _code_name(self.context, grpc.StatusCode.OK)  # a method may set_code() and return
+        else:
+            self._failed(exc)
+        self._finish()
+
+    def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError):
             self.code = grpc.StatusCode.CANCELLED.name
         elif isinstance(exc, grpc.aio.AbortError):
@@ -117,39 +125,26 @@ class _Observation:
         else:
             self.code = grpc.StatusCode.UNKNOWN.name  # what grpc answers for an escaped exception
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         seconds = time.perf_counter() - self._start
         try:
             self._observer.record(self.method, self.code, seconds)
         finally:
-            with contextlib.suppress(ValueError):  # a stream closed from another context
+            # Not contextlib.suppress: that is an object made per RPC for a case that almost never happens.
+            try:  # noqa: SIM105
                 logs.request_id.reset(self._token)
+            except ValueError:  # a stream closed from another context
+                pass
 
 
-class RpcObserver(grpc.aio.ServerInterceptor):
-    """Times, counts and logs every RPC; wrapped handlers are cached per method."""
+class RpcObserver(WrappingInterceptor):
+    """Times, counts and logs every RPC."""
 
     def __init__(self, metrics: Metrics, quiet_methods: frozenset[str] = QUIET_METHODS):
+        super().__init__()
         self._metrics = metrics
         self._quiet = quiet_methods
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._attributes: dict[tuple[str, str], dict[str, str]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        method = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # unknown methods never reach a label: the method label stays bounded
-        wrapped = self._wrap(handler, method)
-        self._handlers[method] = wrapped
-        return wrapped
 
     def record(self, method: str, code: str, seconds: float) -> None:
         attributes = self._attributes.get((method, code))
@@ -164,7 +159,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):
                 extra={"method": method, "code": code, "duration_ms": round(seconds * 1000, 3)},
             )
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         method = full_method.lstrip("/")
         replace = handler._replace  # type: ignore[attr-defined]
         if handler.unary_unary is not None:
@@ -188,30 +183,15 @@ class RpcObserver(grpc.aio.ServerInterceptor):
         self, behaviour: Callable[..., Awaitable[Any]], method: str
     ) -> Callable[..., Awaitable[Any]]:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            observation = _Observation(self, method, context)
-            try:
-                response = await behaviour(request, observation.context)
-                observation.succeeded()
-                return response
-            except BaseException as exc:
-                observation.failed(exc)
-                raise
-            finally:
-                observation.finish()
+            with _Observation(self, method, context) as observation:
+                return await behaviour(request, observation.context)
 
         return observed
 
     def _generator(self, behaviour: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            observation = _Observation(self, method, context)
-            try:
+            with _Observation(self, method, context) as observation:
                 async for item in behaviour(request, observation.context):
                     yield item
-                observation.succeeded()
-            except BaseException as exc:
-                observation.failed(exc)
-                raise
-            finally:
-                observation.finish()
 
         return observed

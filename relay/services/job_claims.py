@@ -27,16 +27,10 @@ from relay.core.stage_store import StageView
 from relay.core.stages import Stage
 from relay.core.stores import Stores
 from relay.core.telemetry import Metrics
+from relay.services.bounds import CLAIM_ATTEMPTS, CLAIM_TIMEOUT_SECONDS, CLAIMS_RECOVERED_PER_CALL
 from relay.services.split_writes import SplitWrites
 
 log = logging.getLogger("relay.jobs")
-
-#: Queues served per ClaimJob call at most (entries of gone or finished jobs are dropped on the way).
-CLAIM_ATTEMPTS = 64
-#: Seconds after which an entry taken from a queue but never marked running goes back to its queue.
-CLAIM_TIMEOUT_SECONDS = 30.0
-#: Such entries put back per visit of a queue at most.
-CLAIMS_RECOVERED_PER_CALL = 10
 
 
 @dataclass(frozen=True, slots=True)

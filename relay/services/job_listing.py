@@ -45,8 +45,8 @@ INDEX_ENTRIES_PER_PAGE = 2000
 class Page:
     records: list[Record]
     next_page_token: str
-    #: The records as Jobs, in the same order (converted once, to weigh the page).
-    jobs: list[pb.Job] = field(default_factory=list)
+    #: The records as Jobs, in the same order (converted once, to weigh the page), with the token.
+    response: pb.ListJobsResponse = field(default_factory=pb.ListJobsResponse)
 
 
 class _PageBytes:
@@ -56,36 +56,47 @@ class _PageBytes:
     def __init__(self, store: JobListing, budget: int):
         self._store = store
         self.left = budget
-        self.jobs: list[pb.Job] = []
-        # Jobs weighed but not taken yet, by record (kept alive with it, so that no id is reused).
-        self._pending: dict[int, tuple[Record, pb.Job]] = {}
+        self.response = pb.ListJobsResponse()
+        self.jobs = self.response.jobs
+        # Jobs weighed but not taken yet, with their cost, by record (kept alive with it, so that no id
+        # is reused).
+        self._pending: dict[int, tuple[Record, pb.Job, int]] = {}
 
-    def _job(self, record: Record) -> pb.Job:
+    def _weighed(self, record: Record) -> tuple[pb.Job, int]:
         known = self._pending.get(id(record))
         if known is not None and known[0] is record:
-            return known[1]
+            return known[1], known[2]
         job = self._store.to_proto(record)
-        self._pending[id(record)] = (record, job)
-        return job
-
-    def fits(self, record: Record) -> bool:
         # Each job costs its bytes, its tag and its length prefix in ListJobsResponse.
-        return not self.jobs or self._job(record).ByteSize() + 6 <= self.left
+        cost = job.ByteSize() + 6
+        self._pending[id(record)] = (record, job, cost)
+        return job, cost
+
+    def offer(self, record: Record) -> bool:
+        """Take the record's job when the page has room for it; False, taking nothing, when it has not.
+        The job is made in the page itself (no copy), and removed again when it does not fit."""
+        job = self._store.to_proto(record, self.jobs)
+        cost = job.ByteSize() + 6
+        if len(self.jobs) > 1 and cost > self.left:
+            del self.jobs[-1]
+            return False
+        self.left -= cost
+        return True
 
     def take(self, record: Record) -> None:
-        job = self._job(record)
+        job, cost = self._weighed(record)
         self._pending.pop(id(record), None)
-        self.left -= job.ByteSize() + 6
+        self.left -= cost
         self.jobs.append(job)
 
     def fitting(self, records: Sequence[Record]) -> int:
         """How many of ``records``, in order, the page still has room for (by bytes only)."""
         left, empty = self.left, not self.jobs
         for n, record in enumerate(records):
-            size = self._job(record).ByteSize() + 6
-            if not (empty and n == 0) and size > left:
+            cost = self._weighed(record)[1]
+            if not (empty and n == 0) and cost > left:
                 return n
-            left -= size
+            left -= cost
         return len(records)
 
     @property
@@ -104,7 +115,7 @@ class JobListing:
     _tokens: PageTokenCodec
     _stages: StageView
 
-    def to_proto(self, record: Record) -> pb.Job:
+    def to_proto(self, record: Record, into: Any = None) -> pb.Job:
         raise NotImplementedError
 
     async def _read_many(
@@ -148,7 +159,8 @@ class JobListing:
         if cursor and cursor.phase == LEGACY and len(out) < page_size and not weight.full:
             cursor = await self._list_legacy(workspace_id, setting, status, page_size, cursor, out, weight)
         token = self._tokens.encode(workspace_id, filters, cursor.to_state()) if cursor else ""
-        return Page(out, token, weight.jobs)
+        weight.response.next_page_token = token
+        return Page(out, token, weight.response)
 
     async def _first_cursor(self, workspace_id: str, setting: StageSetting) -> ListingCursor:
         if not setting.stage.reads_legacy:
@@ -199,12 +211,11 @@ class JobListing:
             for member in candidates:
                 record = records.get(member)
                 if record is not None and (not status or record.get("status") == status):
-                    if not weight.fits(record):
+                    if not weight.offer(record):
                         # The page is full by bytes: it ends before this job, which the next one starts with.
                         return cursor.index_after(after)
                     after = member
                     out.append(record)
-                    weight.take(record)
                     if len(out) == page_size:
                         if more or member != names[-1]:
                             return cursor.index_after(after)

@@ -41,13 +41,17 @@ class JobServicer(pb_grpc.JobServiceServicer):
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResponse:
-        principal = await self._keyring.authenticate(context.invocation_metadata())
-        principal.require(SCOPE_EXECUTE)
-        workspace_id = principal.workspace(_optional_workspace_id(request.workspace_id))
+        workspace_id = await self._workspace(context, SCOPE_EXECUTE, request.workspace_id)
         actions = self._actions(request)
         actor_id = _bounded_text(request.actor_id, "actor_id", MAX_ACTOR_CHARS)
         job_ids, depth = await self._store.execute(workspace_id, actions, actor_id)
         return pb.ExecuteResponse(job_ids=job_ids, queue_depth=depth)
+
+    async def _workspace(self, context: grpc.aio.ServicerContext, scope: str, requested: str = "") -> str:
+        """The caller's workspace, once its key is known to hold ``scope``; a request naming another
+        workspace is refused."""
+        principal = await self._keyring.authorize(context.invocation_metadata(), scope)
+        return principal.workspace(_optional_workspace_id(requested))
 
     def _actions(self, request: pb.ExecuteRequest) -> list[NewAction]:
         if not request.actions:
@@ -77,9 +81,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_method
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
-        principal = await self._keyring.authenticate(context.invocation_metadata())
-        principal.require(SCOPE_PREVIEW)
-        workspace_id = principal.workspace()
+        workspace_id = await self._workspace(context, SCOPE_PREVIEW)
         record = await self._store.get(workspace_id, check_job_id(request.job_id))
         return pb.GetJobResponse(job=self._store.to_proto(record))
 
@@ -87,9 +89,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
-        principal = await self._keyring.authenticate(context.invocation_metadata())
-        principal.require(SCOPE_PREVIEW)
-        workspace_id = principal.workspace(_optional_workspace_id(request.workspace_id))
+        workspace_id = await self._workspace(context, SCOPE_PREVIEW, request.workspace_id)
         if request.page_size < 0:
             raise InvalidArgument("page_size", "must not be negative")
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -99,14 +99,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 raise InvalidArgument("status", "is not a known JobStatus")
             status = codec.STATUS_FROM_PROTO[request.status]
         page = await self._store.list(workspace_id, page_size, request.page_token, status)
-        return pb.ListJobsResponse(jobs=page.jobs, next_page_token=page.next_page_token)
+        return page.response
 
     @rpc_method
     async def ClaimJob(
         self, request: pb.ClaimJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClaimJobResponse:
-        principal = await self._keyring.authenticate(context.invocation_metadata())
-        principal.require(SCOPE_WORK)
+        await self._keyring.authorize(context.invocation_metadata(), SCOPE_WORK)
         _bounded_text(request.worker_id, "worker_id", MAX_NAME_CHARS)
         record = await self._store.claim()
         return pb.ClaimJobResponse(job=self._store.to_proto(record)) if record else pb.ClaimJobResponse()
@@ -115,8 +114,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
     async def UpdateJobStatus(
         self, request: pb.UpdateJobStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateJobStatusResponse:
-        principal = await self._keyring.authenticate(context.invocation_metadata())
-        principal.require(SCOPE_WORK)
+        await self._keyring.authorize(context.invocation_metadata(), SCOPE_WORK)
         workspace_id = check_workspace_id(request.workspace_id)
         job_id = check_job_id(request.job_id)
         status = WORKER_STATUSES.get(request.status)

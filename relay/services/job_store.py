@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from itertools import zip_longest
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
@@ -18,6 +19,7 @@ from relay.core.lua import LuaScripts
 from relay.core.lua.jobs import (
     ENQUEUE,
     READ_RECORDS,
+    READ_SERVED,
     UPDATE_STATUS,
     EnqueuedJob,
     enqueue_call,
@@ -28,7 +30,8 @@ from relay.core.stage_store import StageView
 from relay.core.stages import Stage, StageSetting
 from relay.core.stores import Stores, repeatable
 from relay.core.telemetry import Metrics
-from relay.services.job_claims import CLAIM_TIMEOUT_SECONDS, Claims
+from relay.services.bounds import CLAIM_TIMEOUT_SECONDS
+from relay.services.job_claims import Claims
 from relay.services.job_listing import JobListing
 from relay.services.new_action import NewAction
 from relay.services.split_writes import SplitWrites
@@ -182,9 +185,10 @@ class JobStore(JobListing):
         return record
 
     # --- reads -------------------------------------------------------------------------------
-    def to_proto(self, record: Record) -> pb.Job:
-        """The record as a Job; what protobuf cannot carry is served as text or left unset, and counted."""
-        return codec.to_proto(record, self._count_undecodable)
+    def to_proto(self, record: Record, into: Any = None) -> pb.Job:
+        """The record as a Job (made in ``into``, a repeated Job field, when given); what protobuf cannot
+        carry is served as text or left unset, and counted."""
+        return codec.to_proto(record, self._count_undecodable, into)
 
     def _count_undecodable(self, field: str) -> None:
         self._metrics.undecodable_fields.add(1, {"field": field})
@@ -204,6 +208,47 @@ class JobStore(JobListing):
         self, workspace_id: str, job_ids: Sequence[str], setting: StageSetting
     ) -> list[Record | None]:
         """Each job as the stage reads it, from one atomic read of every copy involved."""
+        stage = setting.stage
+        paths: Counter[str] = Counter()
+        if self._stores.shared and stage.reads_new and stage.reads_legacy and not setting.shadow:
+            out = await self._read_served(workspace_id, job_ids, setting, paths)
+        else:
+            out = await self._read_copies(workspace_id, job_ids, setting, paths)
+        for path, count in paths.items():  # one metric update per path, not per record
+            self._metrics.read_path.add(count, {"path": path})
+        return out
+
+    async def _read_served(
+        self, workspace_id: str, job_ids: Sequence[str], setting: StageSetting, paths: Counter[str]
+    ) -> list[Record | None]:
+        """Both layouts read, only the copy served sent back (READ_SERVED); its choice is ``_served``'s."""
+        keys = [
+            key for j in job_ids for key in (self._keys.new_job(workspace_id, j), self._keys.legacy_job(j))
+        ]
+        args = [workspace_id, "1" if setting.stage.prefers_new else "0"]
+        replies = await repeatable(lambda: self._lua.call(READ_SERVED, keys=keys, args=args))
+        out: list[Record | None] = []
+        for job_id, reply in zip(job_ids, replies, strict=True):
+            kind = reply[0]
+            if kind == b"b":  # a revision only Python reads: both copies, compared here
+                record = self._served(
+                    job_id, workspace_id, _flat_record(reply[2]), _flat_record(reply[3]), setting, paths
+                )
+            else:
+                if reply[1] == b"1":
+                    note_foreign(self._metrics, job_id)
+                record = _flat_record(reply[2])
+                if record is not None:
+                    record.setdefault("job_id", job_id)
+                    record.setdefault("workspace_id", workspace_id)
+                paths[_SERVED_PATHS[kind]] += 1
+            out.append(record)
+        return out
+
+    async def _read_copies(
+        self, workspace_id: str, job_ids: Sequence[str], setting: StageSetting, paths: Counter[str]
+    ) -> list[Record | None]:
+        """Every copy the stage reads sent back, and the one served chosen here."""
         stage = setting.stage
         read_legacy = stage.reads_legacy or setting.shadow
         new_keys = [self._keys.new_job(workspace_id, j) for j in job_ids] if stage.reads_new else []
@@ -225,30 +270,44 @@ class JobStore(JobListing):
                 else []
             )
         news, legacies = iter(new_replies), iter(legacy_replies)
-        out: list[Record | None] = []
-        paths: Counter[str] = Counter()
-        for job_id in job_ids:
-            new = _flat_record(next(news)) if stage.reads_new else None
-            legacy = _flat_record(next(legacies)) if read_legacy else None
-            if legacy is not None and legacy.get("workspace_id") != workspace_id:
-                legacy = None  # another workspace's job looks exactly like a missing one
-            if new is not None and new.get("workspace_id", workspace_id) != workspace_id:
-                # Another workspace's record under this workspace's key (a bad restore, a buggy tool):
-                # served to nobody here, counted, logged without its data.
-                note_foreign(self._metrics, job_id)
-                new = None
-            for record in (new, legacy):
-                if record is not None:
-                    record.setdefault("job_id", job_id)
-                    record.setdefault("workspace_id", workspace_id)
-            if setting.shadow and new is not None and legacy is not None:
-                self._shadow_compare(job_id, new, legacy)
-            record, path = self._choose(new, legacy, setting)
-            paths[path] += 1
-            out.append(record)
-        for path, count in paths.items():  # one metric update per path, not per record
-            self._metrics.read_path.add(count, {"path": path})
-        return out
+        return [
+            self._served(
+                job_id,
+                workspace_id,
+                _flat_record(next(news)) if stage.reads_new else None,
+                _flat_record(next(legacies)) if read_legacy else None,
+                setting,
+                paths,
+            )
+            for job_id in job_ids
+        ]
+
+    def _served(
+        self,
+        job_id: str,
+        workspace_id: str,
+        new: Record | None,
+        legacy: Record | None,
+        setting: StageSetting,
+        paths: Counter[str],
+    ) -> Record | None:
+        """The copy of one job the stage serves, of those read; its read path counted in ``paths``."""
+        if legacy is not None and legacy.get("workspace_id") != workspace_id:
+            legacy = None  # another workspace's job looks exactly like a missing one
+        if new is not None and new.get("workspace_id", workspace_id) != workspace_id:
+            # Another workspace's record under this workspace's key (a bad restore, a buggy tool):
+            # served to nobody here, counted, logged without its data.
+            note_foreign(self._metrics, job_id)
+            new = None
+        for record in (new, legacy):
+            if record is not None:
+                record.setdefault("job_id", job_id)
+                record.setdefault("workspace_id", workspace_id)
+        if setting.shadow and new is not None and legacy is not None:
+            self._shadow_compare(job_id, new, legacy)
+        record, path = self._choose(new, legacy, setting)
+        paths[path] += 1
+        return record
 
     def _choose(
         self, new: Record | None, legacy: Record | None, setting: StageSetting
@@ -281,8 +340,12 @@ def _layout_flags(stage: Stage) -> list[str]:
     return ["1" if flag else "0" for flag in (stage.reads_legacy, stage.reads_new, stage.prefers_new)]
 
 
+#: READ_SERVED's kinds of entry, as read paths.
+_SERVED_PATHS = {b"n": "new", b"o": "old", b"m": "miss"}
+
+
 def _flat_record(reply: list[bytes]) -> Record | None:
     """A READ_RECORDS entry (flat field/value list) as a record; an empty one is no record."""
     if not reply:
         return None
-    return codec.decode(dict(zip(reply[::2], reply[1::2], strict=True)))
+    return codec.decode_flat(reply)

@@ -35,16 +35,10 @@ from relay.core.lua.claims import MARK_READY
 from relay.core.lua.replicas import CATCH_UP, ENQUEUE_LAYOUT, PUT_RECORD, SETTLE_OUTBOX
 from relay.core.stages import Stage
 from relay.core.stores import Stores
+from relay.services.bounds import OUTBOX_NAME_GRACE_SECONDS, REPAIRS_PER_PASS, WRITE_ATTEMPTS
 from relay.services.new_action import NewAction
 
 log = logging.getLogger("relay.jobs.split")
-
-#: Compare-and-set attempts of one update before the caller is told to retry (ABORTED).
-WRITE_ATTEMPTS = 16
-#: Seconds a workspace stays named among those with an outbox after its last write that named it.
-OUTBOX_NAME_GRACE_SECONDS = 60.0
-#: Outbox entries a repair pass handles per outbox at most.
-REPAIRS_PER_PASS = 500
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
+from relay.core import codec
 from relay.core.keys import KEYS
 from relay.core.stages import Stage
 from relay.v1 import job_service_pb2 as pb
@@ -70,6 +71,42 @@ async def test_the_higher_revision_wins_whichever_layout_holds_it(start_relay, r
     relay = await start_relay(stage=stage)
     job = (await relay.jobs.GetJob(pb.GetJobRequest(job_id=job_id), metadata=keys.md("ws_a"))).job
     assert (job.status, job.revision) == (pb.JOB_STATUS_RUNNING, 5)
+
+
+#: (new copy's rev, legacy copy's rev, the copy of the higher revision): revisions as Python's int() reads
+#: them, beside plain digits, including those a Lua number would read otherwise (signs, spaces,
+#: underscores, hex, beyond 2**53).
+REVISION_TEXTS = [
+    ("4", "5", "legacy"),
+    ("5", "5", "tie"),
+    ("", "0", "tie"),
+    ("+7", "6", "new"),
+    (" 7 ", "8", "legacy"),
+    ("1_000", "999", "new"),
+    ("0x10", "3", "legacy"),
+    ("9007199254740993", "9007199254740992", "new"),
+    ("9007199254740992", "9007199254740993", "legacy"),
+    ("many", "1", "legacy"),
+]
+
+
+@pytest.mark.parametrize(("new_rev", "legacy_rev", "higher"), REVISION_TEXTS)
+@pytest.mark.parametrize("stage", [Stage.DUAL_WRITE, Stage.READ_NEW], ids=lambda s: s.name)
+async def test_revisions_compare_as_numbers_however_they_are_written(
+    start_relay, redis, keys, stage, new_rev, legacy_rev, higher
+):
+    enqueued_at = old_timestamp(0)
+    job_id = await write_legacy_job(redis, "ws-a", status="running", rev=legacy_rev, enqueued_at=enqueued_at)
+    record = {k.decode(): v for k, v in (await redis.hgetall(KEYS.legacy_job(job_id))).items()}
+    await redis.hset(KEYS.new_job("ws-a", job_id), mapping={**record, "status": "pending", "rev": new_rev})
+    await redis.zadd(KEYS.job_index("ws-a"), {codec.index_member(job_id, enqueued_at): 0})
+    relay = await start_relay(stage=stage)
+    served_new = higher == "new" or (higher == "tie" and stage.prefers_new)
+    expected = pb.JOB_STATUS_PENDING if served_new else pb.JOB_STATUS_RUNNING
+    job = (await relay.jobs.GetJob(pb.GetJobRequest(job_id=job_id), metadata=keys.md("ws_a"))).job
+    assert job.status == expected
+    listed, _ = await list_all(relay.jobs, keys.md("ws_a"))
+    assert [j.status for j in listed] == [expected]
 
 
 # --- messy records ----------------------------------------------------------------------------------

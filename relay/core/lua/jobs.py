@@ -282,3 +282,62 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+
+READ_SERVED = """
+-- Read-only: jobs as a stage that reads both layouts (no shadow reads) serves them, in one step, with
+-- only the copy served in the reply: half the bytes to send and decode of READ_RECORDS over both keys,
+-- and only that copy read whole (each copy's workspace_id and rev decide which).
+-- The choice is the caller's own (relay.services.job_store): a legacy copy counts when its workspace_id
+-- is this workspace's, a new one unless its workspace_id names another; of two, the higher revision,
+-- a tie to the layout the stage prefers.
+-- KEYS[2i-1]  job i's new-layout key
+-- KEYS[2i]    job i's legacy key
+local workspace_id = ARGV[1]
+local prefer_new = ARGV[2] == '1'
+-- Returns per job {kind, foreign, record}: kind 'n' (the new copy), 'o' (the legacy copy) or 'm' (none,
+-- record empty); foreign '1' when the new key held another workspace's record. A revision that is not
+-- plain digits (which the caller reads its own way) gives {'b', '0', new, legacy}: both, for the caller.
+local function hash_of(key)
+  local reply = redis.pcall('HGETALL', key)
+  if type(reply) == 'table' and reply.err == nil then return reply end
+  return {}
+end
+-- {workspace_id, rev} of a hash (false where absent), or nil when the key holds no hash.
+local function probe(key)
+  local r = redis.pcall('HMGET', key, 'workspace_id', 'rev')
+  if type(r) ~= 'table' or r.err ~= nil then return nil end
+  if not r[1] and not r[2] and redis.call('EXISTS', key) == 0 then return nil end
+  return r
+end
+local function plain_rev(text)
+  if not text or text == '' then return 0 end
+  if #text <= 15 and string.find(text, '^%d+$') then return tonumber(text) end
+  return nil
+end
+local out = {}
+for i = 1, #KEYS, 2 do
+  local new, legacy = probe(KEYS[i]), redis.pcall('HMGET', KEYS[i + 1], 'workspace_id', 'rev')
+  local foreign = '0'
+  if new and new[1] and new[1] ~= workspace_id then foreign = '1'; new = nil end
+  if type(legacy) ~= 'table' or legacy.err ~= nil or legacy[1] ~= workspace_id then legacy = nil end
+  local entry
+  if new and legacy then
+    local rn, rl = plain_rev(new[2]), plain_rev(legacy[2])
+    if rn == nil or rl == nil then
+      entry = {'b', '0', hash_of(KEYS[i]), hash_of(KEYS[i + 1])}
+    elseif rn > rl or (rn == rl and prefer_new) then
+      entry = {'n', foreign, hash_of(KEYS[i])}
+    else
+      entry = {'o', foreign, hash_of(KEYS[i + 1])}
+    end
+  elseif new then
+    entry = {'n', foreign, hash_of(KEYS[i])}
+  elseif legacy then
+    entry = {'o', foreign, hash_of(KEYS[i + 1])}
+  else
+    entry = {'m', foreign, {}}
+  end
+  out[#out + 1] = entry
+end
+return out
+"""

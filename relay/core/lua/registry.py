@@ -25,6 +25,7 @@ ALL_SCRIPTS: tuple[str, ...] = (
     jobs.CLAIM,
     jobs.LEGACY_KEYS_OF_WORKSPACE,
     jobs.READ_RECORDS,
+    jobs.READ_SERVED,
     jobs.NOW,
     claims.ROTATE,
     claims.TAKE,
