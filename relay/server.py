@@ -35,7 +35,7 @@ from relay.core.rpc_observer import RpcObserver
 from relay.core.stage_store import StageView
 from relay.core.stores import Stores, TopologyError, open_stores
 from relay.core.telemetry import Metrics, build_metrics, serve_metrics
-from relay.core.tls import ServerTLS, TLSConfigError
+from relay.core.tls import TLSConfigError
 from relay.services.job_servicer import JobServicer
 from relay.services.job_store import JobStore
 from relay.v1 import job_service_pb2, job_service_pb2_grpc
@@ -212,53 +212,51 @@ async def _serve(settings: Settings, role: str) -> None:
     log.info("stopped")
 
 
-def main(argv: list[str] | None = None) -> None:
+#: ``relay serve``'s flags over the setting of the same name (``--redis-url`` sets ``redis_url``).
+SETTING_FLAGS: dict[str, str] = {
+    "listen": "host:port (env RELAY_LISTEN, default 127.0.0.1:50051)",
+    "redis_url": "redis://... of the new layout's store, a single Redis or any node of a cluster "
+    "(env REDIS_URL; empty: embedded in-memory store)",
+    "legacy_redis_url": "redis://... of the single Redis holding the legacy layout "
+    "(env RELAY_LEGACY_REDIS_URL; empty: the same store as --redis-url)",
+    "metrics_listen": "host:port for /metrics (env RELAY_METRICS_LISTEN; '' is off)",
+    "api_keys_file": "JSON list of keys (env RELAY_API_KEYS_FILE)",
+}
+#: The ``--tls-*`` flags over the field of the same name of ``Settings.tls``; an empty one keeps the env's.
+TLS_FLAGS: dict[str, str] = {
+    "cert_file": "PEM certificate chain: TLS only (env RELAY_TLS_CERT_FILE)",
+    "key_file": "PEM private key of the certificate (env RELAY_TLS_KEY_FILE)",
+    "client_ca_file": "PEM CA: require client certificates it signed, mTLS (env RELAY_TLS_CLIENT_CA_FILE)",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parse_serve(argv: list[str] | None = None) -> tuple[Settings, str]:
+    """The settings (the environment, then the flags over it) and the role of a ``relay serve`` command."""
     parser = argparse.ArgumentParser(prog="relay", description="Relay job service and migration controller.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run JobService and/or MigrationController")
     serve.add_argument("role", nargs="?", default="all", choices=ROLES)
-    serve.add_argument("--listen", help="host:port (env RELAY_LISTEN, default 127.0.0.1:50051)")
-    serve.add_argument(
-        "--redis-url",
-        help="redis://... of the new layout's store, a single Redis or any node of a cluster "
-        "(env REDIS_URL; empty: embedded in-memory store)",
-    )
-    serve.add_argument(
-        "--legacy-redis-url",
-        help="redis://... of the single Redis holding the legacy layout (env RELAY_LEGACY_REDIS_URL; "
-        "empty: the same store as --redis-url)",
-    )
-    serve.add_argument(
-        "--metrics-listen", help="host:port for /metrics (env RELAY_METRICS_LISTEN; '' is off)"
-    )
-    serve.add_argument("--api-keys-file", help="JSON list of keys (env RELAY_API_KEYS_FILE)")
-    serve.add_argument("--tls-cert-file", help="PEM certificate chain: TLS only (env RELAY_TLS_CERT_FILE)")
-    serve.add_argument("--tls-key-file", help="PEM private key of the certificate (env RELAY_TLS_KEY_FILE)")
-    serve.add_argument(
-        "--tls-client-ca-file",
-        help="PEM CA: require client certificates it signed, mTLS (env RELAY_TLS_CLIENT_CA_FILE)",
-    )
+    for name, text in SETTING_FLAGS.items():
+        serve.add_argument(_flag(name), dest=name, help=text)
+    for name, text in TLS_FLAGS.items():
+        serve.add_argument(_flag("tls_" + name), dest="tls_" + name, help=text)
     args = parser.parse_args(argv)
-    settings = Settings.from_env(
-        listen=args.listen,
-        redis_url=args.redis_url,
-        legacy_redis_url=args.legacy_redis_url,
-        metrics_listen=args.metrics_listen,
-        api_keys_file=args.api_keys_file,
-    )
-    settings = dataclasses.replace(
-        settings,
-        tls=ServerTLS(
-            args.tls_cert_file or settings.tls.cert_file,
-            args.tls_key_file or settings.tls.key_file,
-            args.tls_client_ca_file or settings.tls.client_ca_file,
-        ),
-    )
+    settings = Settings.from_env(**{name: getattr(args, name) for name in SETTING_FLAGS})
+    tls = {name: getattr(args, "tls_" + name) for name in TLS_FLAGS if getattr(args, "tls_" + name)}
+    return dataclasses.replace(settings, tls=dataclasses.replace(settings.tls, **tls)), args.role
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings, role = parse_serve(argv)
     logs.configure(settings.log_level, settings.log_format)
     try:
         settings.tls.check()
         with contextlib.suppress(KeyboardInterrupt):
-            event_loop.run(_serve(settings, args.role))
+            event_loop.run(_serve(settings, role))
     except (TLSConfigError, TopologyError) as exc:
         print(f"relay: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

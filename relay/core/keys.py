@@ -43,6 +43,31 @@ def _tag(workspace_id: str) -> str:
     return "{" + workspace_id + "}"
 
 
+def _in_workspace(suffix: str) -> staticmethod[[str], str]:
+    """The builder of ``ai:relay:{<workspace_id>}:<suffix>``: Relay's own state of one workspace, kept in
+    that workspace's slot beside its jobs."""
+
+    def build(workspace_id: str) -> str:
+        return f"{RELAY_PREFIX}{_tag(workspace_id)}:{suffix}"
+
+    return staticmethod(build)
+
+
+def _of_backfill(suffix: str = "") -> staticmethod[[str], str]:
+    """The builder of ``ai:relay:{_global}:backfill:<backfill_id><suffix>``: one backfill's global state."""
+
+    def build(backfill_id: str) -> str:
+        return f"{GLOBAL_PREFIX}backfill:{backfill_id}{suffix}"
+
+    return staticmethod(build)
+
+
+def _claim_keys(suffix: str) -> tuple[staticmethod[[str], str], str]:
+    """A key of the claim protocol in its two forms: a workspace's, in its slot, and the legacy queue's
+    (``ai:relay:legacy-queue:<suffix>``, on the legacy store), which claimers serve the same way."""
+    return _in_workspace("queue:" + suffix), f"{RELAY_PREFIX}legacy-queue:{suffix}"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
     # --- job records -------------------------------------------------------------------------
@@ -95,32 +120,15 @@ class KeyLayout:
 
     # --- queues ------------------------------------------------------------------------------
     legacy_queue: str = LEGACY_QUEUE
-
-    @staticmethod
-    def queue(workspace_id: str) -> str:
-        """The workspace's pending jobs (job ids), FIFO, while the new layout is written."""
-        return f"{RELAY_PREFIX}{_tag(workspace_id)}:queue:pending"
-
-    @staticmethod
-    def claiming(workspace_id: str) -> str:
-        """Entries taken from the workspace's queue by ClaimJob and not yet marked running."""
-        return f"{RELAY_PREFIX}{_tag(workspace_id)}:queue:claiming"
-
-    @staticmethod
-    def claim_times(workspace_id: str) -> str:
-        """Hash: claiming entry -> when it was taken (Redis TIME, seconds), to put back a dead claimer's."""
-        return f"{RELAY_PREFIX}{_tag(workspace_id)}:queue:claim-times"
-
-    @staticmethod
-    def queue_seq(workspace_id: str) -> str:
-        """How many entries were ever pushed to the workspace's queue (for the claim rotation)."""
-        return f"{RELAY_PREFIX}{_tag(workspace_id)}:queue:seq"
-
-    #: Legacy queue entries taken by ClaimJob and not yet marked running (on the legacy store).
-    legacy_claiming: str = RELAY_PREFIX + "legacy-queue:claiming"
-    legacy_claim_times: str = RELAY_PREFIX + "legacy-queue:claim-times"
-    #: Never written: the old system pushes to the legacy queue without counting, so it is always served.
-    legacy_queue_seq: str = RELAY_PREFIX + "legacy-queue:seq"
+    #: The workspace's pending jobs (job ids), FIFO, while the new layout is written.
+    queue = _in_workspace("queue:pending")
+    #: Entries taken from a queue by ClaimJob and not yet marked running.
+    claiming, legacy_claiming = _claim_keys("claiming")
+    #: Hash: claiming entry -> when it was taken (Redis TIME, seconds), to put back a dead claimer's.
+    claim_times, legacy_claim_times = _claim_keys("claim-times")
+    #: How many entries were ever pushed to a queue (for the claim rotation). The legacy one is never
+    #: written: the old system pushes to the legacy queue without counting, so it is always served.
+    queue_seq, legacy_queue_seq = _claim_keys("seq")
     #: Sorted set: the workspaces that may have pending work (and ``~legacy``), scored by when a claimer
     #: last served them, so claims go round the workspaces and a busy one never starves a quiet one.
     ready: str = GLOBAL_PREFIX + "queue:ready"
@@ -129,22 +137,16 @@ class KeyLayout:
     ready_seq: str = GLOBAL_PREFIX + "queue:ready-seq"
 
     # --- writes across two stores -------------------------------------------------------------
-    @staticmethod
-    def outbox(workspace_id: str) -> str:
-        """Hash: job id -> the replica write still owed to the legacy store (new layout written first)."""
-        return f"{RELAY_PREFIX}{_tag(workspace_id)}:outbox"
-
+    #: Hash: job id -> the replica write still owed to the legacy store (new layout written first).
+    outbox = _in_workspace("outbox")
     #: Hash on the legacy store: ``<workspace_id>:<job_id>`` -> the replica write still owed to the new
     #: layout (legacy written first). The one key Relay adds to the legacy store, besides the claim lists.
     legacy_outbox: str = RELAY_PREFIX + "legacy-outbox"
     #: Sorted set: workspaces whose outbox may hold entries, scored by when a write last named them (before
     #: writing its entry, so a repairer always finds it).
     outbox_workspaces: str = GLOBAL_PREFIX + "outbox:workspaces"
-
-    @staticmethod
-    def replication_marker(workspace_id: str) -> str:
-        """Written right before WAIT on one connection (``relay.core.replication``)."""
-        return f"{RELAY_PREFIX}{_tag(workspace_id)}:replicated"
+    #: Written right before WAIT on one connection (``relay.core.replication``).
+    replication_marker = _in_workspace("replicated")
 
     # --- migration state ---------------------------------------------------------------------
     #: Hash: field ``*`` is the global default stage, other fields are workspace overrides (JSON).
@@ -168,17 +170,9 @@ class KeyLayout:
     reverse_copy_current: str = GLOBAL_PREFIX + "reverse-copy:current"
     reverse_copy_last: str = GLOBAL_PREFIX + "reverse-copy:last"
 
-    @staticmethod
-    def backfill(backfill_id: str) -> str:
-        return f"{GLOBAL_PREFIX}backfill:{backfill_id}"
-
-    @staticmethod
-    def backfill_invalid(backfill_id: str) -> str:
-        return f"{GLOBAL_PREFIX}backfill:{backfill_id}:invalid"
-
-    @staticmethod
-    def backfill_events(backfill_id: str) -> str:
-        return f"{GLOBAL_PREFIX}backfill:{backfill_id}:events"
+    backfill = _of_backfill()
+    backfill_invalid = _of_backfill(":invalid")
+    backfill_events = _of_backfill(":events")
 
     @staticmethod
     def backfill_applied(workspace_id: str, backfill_id: str) -> str:

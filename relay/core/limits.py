@@ -26,6 +26,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from relay.core.env_fields import env_field, read_env
+
 #: The contract's bounds (protos/relay/v1/job_service.proto, mirrored by Settings).
 MAX_PARAMS_JSON_BYTES = 64 * 1024
 MAX_RESULT_JSON_BYTES = 1024 * 1024
@@ -86,14 +88,14 @@ def max_valid_request_bytes(
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    #: Calls the server runs at once; beyond, RESOURCE_EXHAUSTED at once (env RELAY_MAX_CONCURRENT_RPCS).
-    max_concurrent_rpcs: int = 1024
-    #: Connections per store and process (env RELAY_REDIS_POOL_SIZE).
-    redis_pool_size: int = 64
-    #: Seconds a call waits for a connection before RESOURCE_EXHAUSTED (env RELAY_REDIS_POOL_TIMEOUT_SECONDS).
-    redis_pool_timeout_seconds: float = 2.0
-    #: Requests larger are refused unread (env RELAY_MAX_RECEIVE_BYTES; default: the largest valid one).
-    max_receive_bytes: int = 0
+    #: Calls the server runs at once; beyond, RESOURCE_EXHAUSTED at once.
+    max_concurrent_rpcs: int = env_field("RELAY_MAX_CONCURRENT_RPCS", 1024)
+    #: Connections per store and process.
+    redis_pool_size: int = env_field("RELAY_REDIS_POOL_SIZE", 64)
+    #: Seconds a call waits for a connection before RESOURCE_EXHAUSTED.
+    redis_pool_timeout_seconds: float = env_field("RELAY_REDIS_POOL_TIMEOUT_SECONDS", 2.0)
+    #: Requests larger are refused unread (default: the largest valid one).
+    max_receive_bytes: int = env_field("RELAY_MAX_RECEIVE_BYTES", 0)
 
     @property
     def receive_bytes(self) -> int:
@@ -102,16 +104,7 @@ class Limits:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Limits:
-        env = dict(os.environ if env is None else env)
-        base = cls()
-        return cls(
-            max_concurrent_rpcs=int(env.get("RELAY_MAX_CONCURRENT_RPCS", base.max_concurrent_rpcs)),
-            redis_pool_size=int(env.get("RELAY_REDIS_POOL_SIZE", base.redis_pool_size)),
-            redis_pool_timeout_seconds=float(
-                env.get("RELAY_REDIS_POOL_TIMEOUT_SECONDS", base.redis_pool_timeout_seconds)
-            ),
-            max_receive_bytes=int(env.get("RELAY_MAX_RECEIVE_BYTES", base.max_receive_bytes)),
-        )
+        return cls(**read_env(cls, os.environ if env is None else env))
 
 
 #: How often a server gives the memory freed by large requests back to the system.

@@ -46,38 +46,32 @@ def observe_redis(redis: Redis, metrics: Metrics) -> Redis:
     execute_command = redis.execute_command
     make_pipeline = redis.pipeline
 
-    async def timed_command(*args: Any, **options: Any) -> Any:
-        start = time.perf_counter()
-        ok = False
-        try:
-            reply = await execute_command(*args, **options)
-            ok = True
-            return reply
-        finally:
-            record(time.perf_counter() - start, labels.of(args[0] if args else OTHER, ok))
-
     def pipeline(transaction: bool = True, shard_hint: Any = None) -> Any:
         pipe = make_pipeline(transaction, shard_hint)
-        pipe.execute = _timed_execute(pipe.execute, "MULTI" if transaction else "PIPELINE", record, labels)
+        pipe.execute = _timed(pipe.execute, record, labels, "MULTI" if transaction else "PIPELINE")
         return pipe
 
-    redis.execute_command = timed_command  # type: ignore[method-assign]
+    redis.execute_command = _timed(execute_command, record, labels)  # type: ignore[method-assign]
     redis.pipeline = pipeline  # type: ignore[method-assign]
     setattr(redis, _MARK, True)
     return redis
 
 
-def _timed_execute(
-    execute: Callable[..., Any], name: str, record: Callable[..., None], labels: _Labels
+def _timed(
+    call: Callable[..., Any], record: Callable[..., None], labels: _Labels, name: str | None = None
 ) -> Callable[..., Any]:
+    """``call``, timed into ``record`` under ``name``, or under the command it is given (its first
+    argument) when it runs one command at a time."""
+
     async def timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         ok = False
         try:
-            replies = await execute(*args, **kwargs)
+            reply = await call(*args, **kwargs)
             ok = True
-            return replies
+            return reply
         finally:
-            record(time.perf_counter() - start, labels.of(name, ok))
+            command = name if name is not None else (args[0] if args else OTHER)
+            record(time.perf_counter() - start, labels.of(command, ok))
 
     return timed

@@ -28,13 +28,10 @@ class Stage(enum.IntEnum):
     def writes_new(self) -> bool:
         return self is not Stage.LEGACY_ONLY
 
-    @property
-    def reads_legacy(self) -> bool:
-        return self in (Stage.LEGACY_ONLY, Stage.DUAL_WRITE, Stage.READ_NEW)
-
-    @property
-    def reads_new(self) -> bool:
-        return self is not Stage.LEGACY_ONLY
+    # A layout is read in exactly the stages that keep it up to date (write it), so that no read ever
+    # meets a layout left behind.
+    reads_legacy = writes_legacy
+    reads_new = writes_new
 
     @property
     def prefers_new(self) -> bool:

@@ -28,4 +28,12 @@ end
 local function rev_of(key)
   return tonumber(redis.call('HGET', key, 'rev') or '0') or 0
 end
+-- Replace a legacy record whole by the field/value pairs t[first..last] (all of t by default). JobService
+-- finds a legacy record's workspace through its workspace_id field, so both ids are set where t lacks them.
+local function put_legacy(key, workspace_id, job_id, t, first, last)
+  redis.call('DEL', key)
+  hset_chunked(key, t, first, last)
+  redis.call('HSETNX', key, 'workspace_id', workspace_id)
+  redis.call('HSETNX', key, 'job_id', job_id)
+end
 """

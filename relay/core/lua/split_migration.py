@@ -264,13 +264,7 @@ for i, legacy in ipairs(KEYS) do
       end
     end
   end
-  if outcome == 'copied' and not dry_run then
-    redis.call('DEL', legacy)
-    for s = first, last, 1000 do redis.call('HSET', legacy, unpack(ARGV, s, math.min(s + 999, last))) end
-    -- JobService finds a legacy record's workspace through this field.
-    redis.call('HSETNX', legacy, 'workspace_id', workspace_id)
-    redis.call('HSETNX', legacy, 'job_id', job_id)
-  end
+  if outcome == 'copied' and not dry_run then put_legacy(legacy, workspace_id, job_id, ARGV, first, last) end
   out[i] = outcome
 end
 return out

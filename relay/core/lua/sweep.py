@@ -7,8 +7,14 @@ from __future__ import annotations
 
 from relay.core.lua.helpers import RECORD_HELPERS as _RECORD_HELPERS
 
-# Shared by the cleanup and the reverse copy: do two copies of one job hold the same data?
-_SAME_DATA = """
+# Shared by the cleanup and the reverse copy, which walk pairs of copies of one job with the same ARGV:
+# ARGV[2] the number of data fields, ARGV[3 ..] those fields, then workspace_id and job_id of each pair.
+_JOB_PAIRS = """
+local function data_fields(field_count)
+  local fields = {}
+  for f = 1, field_count do fields[f] = ARGV[2 + f] end
+  return fields
+end
 -- ``fields`` are the data fields; a missing job_id or workspace_id reads as the job's own, as JobService
 -- reads them, and any other missing field as ''.
 local function same_data(a, b, fields, job_id, workspace_id)
@@ -20,6 +26,15 @@ local function same_data(a, b, fields, job_id, workspace_id)
     if va ~= vb then return false end
   end
   return true
+end
+-- The outcome decide(KEYS[2i-1], KEYS[2i], workspace_id, job_id) of each key pair i, in order.
+local function outcome_per_pair(field_count, decide)
+  local out = {}
+  for i = 1, #KEYS / 2 do
+    local a = 3 + field_count + 2 * (i - 1)
+    out[i] = decide(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a], ARGV[a + 1])
+  end
+  return out
 end
 """
 
@@ -39,40 +54,22 @@ local field_count = tonumber(ARGV[2])   -- ARGV[3 .. 2 + field_count]: the data 
 -- differing | pending
 """
     + _RECORD_HELPERS
-    + _SAME_DATA
+    + _JOB_PAIRS
     + """
-local fields = {}
-for f = 1, field_count do fields[f] = ARGV[2 + f] end
-local out = {}
-for i = 1, #KEYS / 2 do
-  local legacy, new = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 3 + field_count + 2 * (i - 1)
-  local workspace_id, job_id = ARGV[a], ARGV[a + 1]
-  local outcome
-  if redis.call('EXISTS', legacy) == 0 then
-    outcome = 'gone'
-  elseif not legacy_in_workspace(legacy, workspace_id) then
-    outcome = 'invalid'
-  elseif not is_hash(new) then
-    outcome = 'missing_new'
-  elseif not new_in_workspace(new, workspace_id) then
-    outcome = 'foreign_new'   -- the new key holds another workspace's record: no copy of this job
-  else
-    local rl, rn = rev_of(legacy), rev_of(new)
-    if rl > rn then
-      outcome = 'legacy_newer'
-    elseif rl == rn and not same_data(legacy, new, fields, job_id, workspace_id) then
-      outcome = 'differing'
-    elseif redis.call('HGET', new, 'status') == 'pending' then
-      outcome = 'pending'
-    else
-      if not dry_run then redis.call('DEL', legacy) end
-      outcome = 'deleted'
-    end
-  end
-  out[i] = outcome
-end
-return out
+local fields = data_fields(field_count)
+return outcome_per_pair(field_count, function(legacy, new, workspace_id, job_id)
+  if redis.call('EXISTS', legacy) == 0 then return 'gone' end
+  if not legacy_in_workspace(legacy, workspace_id) then return 'invalid' end
+  if not is_hash(new) then return 'missing_new' end
+  -- The new key holds another workspace's record: no copy of this job.
+  if not new_in_workspace(new, workspace_id) then return 'foreign_new' end
+  local rl, rn = rev_of(legacy), rev_of(new)
+  if rl > rn then return 'legacy_newer' end
+  if rl == rn and not same_data(legacy, new, fields, job_id, workspace_id) then return 'differing' end
+  if redis.call('HGET', new, 'status') == 'pending' then return 'pending' end
+  if not dry_run then redis.call('DEL', legacy) end
+  return 'deleted'
+end)
 """
 )
 
@@ -128,44 +125,25 @@ local field_count = tonumber(ARGV[2])   -- ARGV[3 .. 2 + field_count]: the data 
 -- Returns one outcome per key: copied | unchanged | legacy_newer | differing | invalid | foreign_new | gone
 """
     + _RECORD_HELPERS
-    + _SAME_DATA
+    + _JOB_PAIRS
     + """
-local fields = {}
-for f = 1, field_count do fields[f] = ARGV[2 + f] end
-local out = {}
-for i = 1, #KEYS / 2 do
-  local new, legacy = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 3 + field_count + 2 * (i - 1)
-  local workspace_id, job_id = ARGV[a], ARGV[a + 1]
-  local outcome = 'copied'
-  if not is_hash(new) then
-    outcome = 'gone'
-  elseif not new_in_workspace(new, workspace_id) then
-    outcome = 'foreign_new'   -- another workspace's record under this workspace's key: never copied
-  elseif redis.call('EXISTS', legacy) == 1 then
-    if not legacy_in_workspace(legacy, workspace_id) then
-      outcome = 'invalid'
-    else
-      local rl, rn = rev_of(legacy), rev_of(new)
-      if rl > rn then
-        outcome = 'legacy_newer'
-      elseif rl == rn then
-        outcome = 'differing'
-        if same_data(legacy, new, fields, job_id, workspace_id) then outcome = 'unchanged' end
-      end
+local fields = data_fields(field_count)
+return outcome_per_pair(field_count, function(new, legacy, workspace_id, job_id)
+  if not is_hash(new) then return 'gone' end
+  -- Another workspace's record under this workspace's key: never copied.
+  if not new_in_workspace(new, workspace_id) then return 'foreign_new' end
+  if redis.call('EXISTS', legacy) == 1 then
+    if not legacy_in_workspace(legacy, workspace_id) then return 'invalid' end
+    local rl, rn = rev_of(legacy), rev_of(new)
+    if rl > rn then return 'legacy_newer' end
+    if rl == rn then
+      if same_data(legacy, new, fields, job_id, workspace_id) then return 'unchanged' end
+      return 'differing'
     end
   end
-  if outcome == 'copied' and not dry_run then
-    local record = redis.call('HGETALL', new)
-    redis.call('DEL', legacy)
-    hset_chunked(legacy, record)
-    -- JobService finds a legacy record's workspace through this field.
-    redis.call('HSETNX', legacy, 'workspace_id', workspace_id)
-    redis.call('HSETNX', legacy, 'job_id', job_id)
-  end
-  out[i] = outcome
-end
-return out
+  if not dry_run then put_legacy(legacy, workspace_id, job_id, redis.call('HGETALL', new)) end
+  return 'copied'
+end)
 """
 )
 
