@@ -65,7 +65,7 @@ def cleanup_proto(run: SweepRun) -> pb.Cleanup:
 
 
 async def _events(sweep: Sweep, run: SweepRun) -> AsyncIterator[pb.CleanupEvent]:
-    async for kind, state in sweep.run(run):
+    async for kind, state in sweep.loop(run):
         event = pb.CleanupEvent(cleanup_id=state.operation_id, kind=KINDS[kind], cleanup=cleanup_proto(state))
         stamp(event.time, time.time())
         yield event

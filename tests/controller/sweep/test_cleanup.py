@@ -12,9 +12,9 @@ from relay.core.keys import KEYS
 from relay.core.stages import Stage
 from relay.v1 import cleanup_pb2 as pb
 from relay.v1 import stage_pb2
+from tests.controller.verify.test_verification import copy_to_new
 from tests.job_testkit import refusal, snapshot, write_legacy_job
 from tests.migration_testkit import SETTLE, cleanup, get_stage, reverse_copy, set_stage, settle, verify
-from tests.controller.verify.test_verification import copy_to_new
 
 
 async def controller(start_relay, stage=Stage.READ_NEW, **overrides):
