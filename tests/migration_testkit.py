@@ -11,7 +11,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from relay.controller.stages.facts import record_backfill_completed, redis_now
-from relay.core.stages import Stage
+from relay.core.keys import KEYS
+from relay.core.stages import GLOBAL_FIELD, Stage, StageSetting
 from relay.v1 import cleanup_pb2, stage_pb2, verification_pb2
 
 #: The settle time the specifications run controllers with (production: 2 s).
@@ -31,6 +32,21 @@ async def get_stage(controller: Any, md: Any, workspace_id: str = "") -> stage_p
     return (
         await controller.GetStage(stage_pb2.GetStageRequest(workspace_id=workspace_id), metadata=md)
     ).setting
+
+
+async def force_stage(redis: Redis, workspace_id: str, setting: StageSetting | None) -> None:
+    """Put a scope straight into ``setting`` (None: remove a workspace's override, or the global default)
+    and notify the replicas, as the controller's write does.
+
+    It bypasses the stage rules, and the history the controller keeps, on purpose: for specifications
+    of what a replica does in a stage that the rules would refuse to reach from a fresh store.
+    """
+    field = workspace_id or GLOBAL_FIELD
+    if setting is None:
+        await redis.hdel(KEYS.stage, field)
+    else:
+        await redis.hset(KEYS.stage, field, setting.to_json())
+    await redis.publish(KEYS.stage_channel, field)
 
 
 async def settle() -> None:

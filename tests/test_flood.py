@@ -20,12 +20,12 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from relay.core.limits import Limits
-from relay.core.stage_store import write_stage
 from relay.core.stages import Stage, StageSetting
 from relay.v1 import job_service_pb2 as pb
 from relay.v1 import job_service_pb2_grpc
 from tests.conftest import free_port
 from tests.job_testkit import execute, refusal, write_legacy_jobs
+from tests.migration_testkit import force_stage
 
 #: RSS a ``relay serve`` may gain over its baseline, seconds after each round of 30 concurrent refused
 #: 5 MB Execute calls (measured here: 100-290 MB over 8 rounds, no growth from round to round; before the
@@ -134,7 +134,7 @@ async def test_beyond_the_limits_callers_queue_then_get_resource_exhausted(
         assert 0.4 < time.monotonic() - t0 < 5
 
         # The stage refresh has connections of its own: a stage change is still seen.
-        await write_stage(redis, "ws-z", StageSetting(Stage.NEW_ONLY))
+        await force_stage(redis, "ws-z", StageSetting(Stage.NEW_ONLY))
         for _ in range(200):
             if relay.app.stages.for_workspace("ws-z").stage is Stage.NEW_ONLY:
                 break

@@ -10,9 +10,9 @@ so a second replay of an entry changes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from relay.controller.common.background import stop_task
 from relay.core.stores import Stores
 from relay.core.telemetry import Metrics
 from relay.services.split_writes import SplitWrites
@@ -33,11 +33,8 @@ class OutboxRepairer:
         self._task = asyncio.create_task(self._loop(), name="outbox repairer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def repair_once(self) -> int:
         settled = await self._writes.repair_outboxes(MIN_AGE_SECONDS)

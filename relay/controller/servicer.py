@@ -1,7 +1,8 @@
 """relay.v1.MigrationController, composed of one small mixin per concern.
 
-Each mixin authenticates with :meth:`ControllerBase._admin`, validates, calls its engine and converts to
-protobuf; the error table of ``relay.core.rpc_errors`` is applied by ``@rpc_method`` on every method.
+Each mixin's methods are declared ``@admin_rpc`` or ``@viewer_rpc`` (``base``), which authenticate the
+caller and apply the error table of ``relay.core.rpc_errors``; a method validates, calls its engine and
+converts to protobuf (in its family's ``rpcs`` module only).
 """
 
 from __future__ import annotations

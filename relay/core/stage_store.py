@@ -15,7 +15,7 @@ import logging
 from redis.asyncio import Redis
 
 from relay.core.keys import KEYS
-from relay.core.stages import GLOBAL_FIELD, Stage, StageSetting, StageTable
+from relay.core.stages import Stage, StageSetting, StageTable
 from relay.core.stores import control_client_of, repeatable
 
 log = logging.getLogger("relay.stages")
@@ -79,13 +79,3 @@ class StageView:
                 raise
             except Exception:
                 await asyncio.sleep(1.0)  # the poll covers the gap
-
-
-async def write_stage(redis: Redis, workspace_id: str, setting: StageSetting | None) -> None:
-    """Store (or, with None, remove) one workspace's override or the global default, and notify replicas."""
-    field = workspace_id or GLOBAL_FIELD
-    if setting is None:
-        await redis.hdel(KEYS.stage, field)
-    else:
-        await redis.hset(KEYS.stage, field, setting.to_json())
-    await redis.publish(KEYS.stage_channel, field)

@@ -21,11 +21,11 @@ from redis.asyncio import Redis
 from harness.ports import free_port
 from harness.redis_server import RedisServer
 from relay.core import logs
-from relay.core.stage_store import write_stage
 from relay.core.stages import Stage, StageSetting
 from relay.v1 import job_service_pb2 as pb
 from relay.v1 import job_service_pb2_grpc
 from tests.conftest import start_redis_server
+from tests.migration_testkit import force_stage
 
 
 def format_one(msg: str, *args: object, extra: dict[str, object] | None = None) -> dict[str, object]:
@@ -170,7 +170,7 @@ async def test_params_and_results_never_appear_in_the_logs_at_any_level(
 
             # Shadow reads compare both copies of a job and log what differs: names, never values.
             admin = Redis.from_url(own_redis.url)
-            await write_stage(admin, "ws-a", StageSetting(Stage.READ_NEW, shadow_reads=True))
+            await force_stage(admin, "ws-a", StageSetting(Stage.READ_NEW, shadow_reads=True))
             await admin.hset(f"ai:jobs:{job_id}", "result", json.dumps({"a": marker + "-old"}))
             await admin.aclose()
             # Until the replica's stage view has the shadow stage (a condition, not a guess at its refresh).

@@ -12,10 +12,10 @@ import pytest
 
 from relay.core import logs
 from relay.core.rpc_observer import REQUEST_ID_HEADER, request_id_from
-from relay.core.stage_store import write_stage
 from relay.core.stages import Stage, StageSetting
 from relay.v1 import job_service_pb2 as pb
 from tests.conftest import Keys, Running
+from tests.migration_testkit import force_stage
 
 EXECUTE = "relay.v1.JobService/Execute"
 GET_JOB = "relay.v1.JobService/GetJob"
@@ -148,7 +148,7 @@ async def test_lines_logged_while_serving_an_rpc_carry_its_request_id(
     relay: Running, keys: Keys, json_lines: JsonLines
 ):
     # Shadow reads compare both layouts and log a mismatch from inside the GetJob handler.
-    await write_stage(relay.app.redis, "ws-a", StageSetting(Stage.READ_NEW, shadow_reads=True))
+    await force_stage(relay.app.redis, "ws-a", StageSetting(Stage.READ_NEW, shadow_reads=True))
     await relay.app.stages.refresh()
     reply = await relay.jobs.Execute(
         pb.ExecuteRequest(actions=[pb.Action(provider="p", action="a")]), metadata=keys.md("ws_a")

@@ -16,7 +16,6 @@ from redis.exceptions import ResponseError
 from harness.ports import free_port
 from relay.core.config import Settings
 from relay.core.keys import KEYS
-from relay.core.stage_store import write_stage
 from relay.core.stages import Stage, StageSetting
 from relay.core.telemetry import (
     BACKFILL_ZERO_SKIP_REASONS,
@@ -31,6 +30,7 @@ from relay.core.telemetry import (
 )
 from relay.v1 import job_service_pb2 as pb
 from tests.conftest import Keys, StartRelay
+from tests.migration_testkit import force_stage
 
 
 def scrape(metrics: Metrics) -> str:
@@ -138,7 +138,7 @@ async def test_rpcs_count_read_paths_dual_writes_and_redis_calls(start_relay: St
 
 async def test_shadow_reads_count_matches_and_mismatches(start_relay: StartRelay, keys: Keys):
     relay = await start_relay(stage=Stage.READ_NEW)
-    await write_stage(relay.app.redis, "", StageSetting(Stage.READ_NEW, shadow_reads=True))
+    await force_stage(relay.app.redis, "", StageSetting(Stage.READ_NEW, shadow_reads=True))
     await relay.app.stages.refresh()
     md = keys.md("ws_a")
     job_ids = (
@@ -156,8 +156,8 @@ async def test_shadow_reads_count_matches_and_mismatches(start_relay: StartRelay
 
 async def test_the_stage_of_each_labelled_workspace_and_the_default_are_gauges(start_relay: StartRelay):
     relay = await start_relay(stage=Stage.DUAL_WRITE, metric_workspaces=("ws-a",))
-    await write_stage(relay.app.redis, "ws-a", StageSetting(Stage.NEW_ONLY))
-    await write_stage(relay.app.redis, "ws-zz", StageSetting(Stage.READ_NEW))
+    await force_stage(relay.app.redis, "ws-a", StageSetting(Stage.NEW_ONLY))
+    await force_stage(relay.app.redis, "ws-zz", StageSetting(Stage.READ_NEW))
     await relay.app.stages.refresh()
     text = scrape(relay.app.metrics)
     assert value(text, "relay_stage", workspace_id="*") == int(Stage.DUAL_WRITE)

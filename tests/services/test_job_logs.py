@@ -10,10 +10,10 @@ from google.protobuf import struct_pb2
 
 from relay.core import logs
 from relay.core.keys import KEYS
-from relay.core.stage_store import write_stage
 from relay.core.stages import Stage, StageSetting
 from relay.v1 import job_service_pb2 as pb
 from tests.job_testkit import refusal, write_legacy_job
+from tests.migration_testkit import force_stage
 
 SECRET = "sk-live-TOPSECRET-4242"
 
@@ -78,7 +78,7 @@ async def test_a_shadow_read_mismatch_logs_the_field_names_only(relay, redis, ke
     job_id = await write_legacy_job(redis, "ws-a", params={"prompt": SECRET})
     record = {k.decode(): v for k, v in (await redis.hgetall(KEYS.legacy_job(job_id))).items()}
     await redis.hset(KEYS.new_job("ws-a", job_id), mapping={**record, "params": f'{{"prompt": "{SECRET}!"}}'})
-    await write_stage(redis, "ws-a", StageSetting(Stage.READ_NEW, shadow_reads=True))
+    await force_stage(redis, "ws-a", StageSetting(Stage.READ_NEW, shadow_reads=True))
     await relay.app.stages.refresh()
     await relay.jobs.GetJob(pb.GetJobRequest(job_id=job_id), metadata=keys.md("ws_a"))
     mismatches = [r for r in caplog.records if r.getMessage() == "shadow read mismatch"]

@@ -25,7 +25,6 @@ key written by it later would be readable (GetJob) but missing from listings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -38,7 +37,13 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill.events import EventHub, Subscription, follow_redis, snapshot_event
+from relay.controller.backfill.events import (
+    BackfillEvent,
+    EventHub,
+    Subscription,
+    follow_redis,
+    snapshot_event,
+)
 from relay.controller.backfill.runner import BackfillRunner
 from relay.controller.backfill.state import (
     COMPLETED,
@@ -53,6 +58,7 @@ from relay.controller.backfill.state import (
     new_backfill_id,
 )
 from relay.controller.backfill.store import BackfillStore, backfill_of_holder, lease_holder
+from relay.controller.common.background import stop_task
 from relay.controller.common.lease import Lease
 from relay.controller.common.redis_run import redis_run_id
 from relay.core.config import Settings
@@ -69,6 +75,8 @@ RUNS_KEPT = 20
 #: How long a pause, resume or cancel request waits for the backfill to get there before answering.
 SETTLE_SECONDS = 3.0
 STOP_SECONDS = 5.0
+#: A backfill and the state to show it in (ORPHANED for a RUNNING one nobody holds the lease of).
+Shown = tuple[BackfillRecord, str]
 
 
 @dataclass
@@ -114,14 +122,11 @@ class BackfillEngine:
 
     async def stop(self) -> None:
         self._unwatch_metrics()
-        if self._orphan_task is not None:
-            self._orphan_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._orphan_task
+        await stop_task(self._orphan_task)
         await asyncio.gather(*(run.runner.stop(STOP_SECONDS) for run in self._runs.values() if run.active))
 
     # --- StartBackfill -----------------------------------------------------------------------
-    async def start_backfill(self, options: BackfillOptions) -> AsyncIterator[pb.BackfillEvent]:
+    async def start_backfill(self, options: BackfillOptions) -> AsyncIterator[BackfillEvent]:
         async with self._lock:
             existing = await self._unfinished()
             if existing is not None:
@@ -143,7 +148,7 @@ class BackfillEngine:
 
     async def _attach_or_refuse(
         self, existing: BackfillRecord, options: BackfillOptions
-    ) -> AsyncIterator[pb.BackfillEvent]:
+    ) -> AsyncIterator[BackfillEvent]:
         if existing.options == options:
             return self._watch_known(existing.backfill_id)
         state = await self._shown_state(existing)
@@ -154,7 +159,7 @@ class BackfillEngine:
             metadata={"backfill_id": existing.backfill_id, "state": state},
         )
 
-    async def _start_dry(self, options: BackfillOptions) -> AsyncIterator[pb.BackfillEvent]:
+    async def _start_dry(self, options: BackfillOptions) -> AsyncIterator[BackfillEvent]:
         record = BackfillRecord.new(new_backfill_id(), options, self.controller_id, token="")
         reason = await self._continue_previous(record)
         record.run_id = record.run_id or await redis_run_id(self._scanned)
@@ -163,7 +168,7 @@ class BackfillEngine:
             record, None, pb.BACKFILL_EVENT_KIND_STARTED, reason or "dry run: nothing is written"
         )
 
-    async def _start_execute(self, options: BackfillOptions) -> AsyncIterator[pb.BackfillEvent]:
+    async def _start_execute(self, options: BackfillOptions) -> AsyncIterator[BackfillEvent]:
         backfill_id = new_backfill_id()
         holder = lease_holder(self.controller_id, backfill_id)
         lease = Lease(self._redis, self._keys.backfill_lease, holder, self._settings.backfill_lease_seconds)
@@ -236,7 +241,7 @@ class BackfillEngine:
         kind: pb.BackfillEventKind.ValueType,
         reason: str,
         subscribe: bool = True,
-    ) -> AsyncIterator[pb.BackfillEvent]:
+    ) -> AsyncIterator[BackfillEvent]:
         hub = EventHub()
         runner = BackfillRunner(
             record,
@@ -263,12 +268,12 @@ class BackfillEngine:
             del self._runs[bid]
 
     # --- watching ----------------------------------------------------------------------------
-    async def watch(self, backfill_id: str) -> AsyncIterator[pb.BackfillEvent]:
+    async def watch(self, backfill_id: str) -> AsyncIterator[BackfillEvent]:
         backfill_id = backfill_id or await self._latest_id()
         async for event in self._watch_known(backfill_id):
             yield event
 
-    async def _watch_known(self, backfill_id: str) -> AsyncIterator[pb.BackfillEvent]:
+    async def _watch_known(self, backfill_id: str) -> AsyncIterator[BackfillEvent]:
         run = self._runs.get(backfill_id)
         if run is not None and run.active and not run.hub.closed:
             async for event in self._follow(backfill_id, run.hub.subscribe(snapshot_event(run.record))):
@@ -284,7 +289,7 @@ class BackfillEngine:
 
     async def _follow(
         self, backfill_id: str, subscription: Subscription | None
-    ) -> AsyncIterator[pb.BackfillEvent]:
+    ) -> AsyncIterator[BackfillEvent]:
         """A subscription's events; when its run stops here unfinished, the state in Redis from then on."""
         if subscription is None:
             return
@@ -295,7 +300,7 @@ class BackfillEngine:
             async for event in follow_redis(lambda: self._view(backfill_id), skip_first=True):
                 yield event
 
-    async def _view(self, backfill_id: str) -> tuple[BackfillRecord, str] | None:
+    async def _view(self, backfill_id: str) -> Shown | None:
         run = self._runs.get(backfill_id)
         if run is not None and run.active:
             return run.record, run.record.state
@@ -343,27 +348,26 @@ class BackfillEngine:
         )
 
     # --- GetBackfill and the operator's requests ---------------------------------------------
-    async def get(self, backfill_id: str) -> pb.Backfill:
+    async def get(self, backfill_id: str) -> Shown:
         backfill_id = backfill_id or await self._latest_id()
         view = await self._view(backfill_id)
         if view is None:
             run = self._runs.get(backfill_id)
             if run is None:
                 raise NotFound(f"no backfill {backfill_id}", reason="BACKFILL_NOT_FOUND")
-            return run.record.to_proto()
-        record, shown = view
-        return record.to_proto(shown)
+            return run.record, run.record.state
+        return view
 
-    async def pause(self, backfill_id: str) -> pb.Backfill:
+    async def pause(self, backfill_id: str) -> Shown:
         return await self._request(backfill_id, "pause", "paused by an operator", {PAUSED} | FINISHED)
 
-    async def cancel(self, backfill_id: str) -> pb.Backfill:
+    async def cancel(self, backfill_id: str) -> Shown:
         return await self._request(backfill_id, "cancel", "cancelled by an operator", FINISHED)
 
-    async def resume(self, backfill_id: str) -> pb.Backfill:
+    async def resume(self, backfill_id: str) -> Shown:
         return await self._request(backfill_id, "resume", "resumed on request", {RUNNING} | FINISHED)
 
-    async def update(self, backfill_id: str, rate: float | None, batch: int | None) -> pb.Backfill:
+    async def update(self, backfill_id: str, rate: float | None, batch: int | None) -> Shown:
         run = self._runs.get(backfill_id)
         if run is not None and run.record.options.dry_run:
             if not run.active:
@@ -378,7 +382,7 @@ class BackfillEngine:
             run.runner.poke(rate=rate, batch=batch)
         return await self.get(backfill_id)
 
-    async def _request(self, backfill_id: str, action: str, reason: str, settled: set[str]) -> pb.Backfill:
+    async def _request(self, backfill_id: str, action: str, reason: str, settled: set[str]) -> Shown:
         run = self._runs.get(backfill_id)
         control = {"pause": "pause", "cancel": "cancel", "resume": ""}[action]
         if run is not None and run.record.options.dry_run:
@@ -403,10 +407,9 @@ class BackfillEngine:
                 run.runner.poke(control)
         deadline = time.monotonic() + SETTLE_SECONDS
         while True:
-            backfill = await self.get(backfill_id)
-            shown = _STATE_NAMES[backfill.state]
+            record, shown = await self.get(backfill_id)
             if shown in settled or time.monotonic() > deadline:
-                return backfill
+                return record, shown
             await asyncio.sleep(0.05)
 
     # --- resuming a backfill whose controller died --------------------------------------------
@@ -463,16 +466,6 @@ class BackfillEngine:
             await self._take_over(current, (RUNNING, ORPHANED), reason)
         else:
             await self.store.control(current, "orphan", "its controller stopped renewing the lease")
-
-
-_STATE_NAMES = {
-    pb.BACKFILL_STATE_RUNNING: RUNNING,
-    pb.BACKFILL_STATE_PAUSED: PAUSED,
-    pb.BACKFILL_STATE_ORPHANED: ORPHANED,
-    pb.BACKFILL_STATE_COMPLETED: COMPLETED,
-    pb.BACKFILL_STATE_FAILED: FAILED,
-    pb.BACKFILL_STATE_CANCELLED: "CANCELLED",
-}
 
 
 def _finished(backfill_id: str, state: str) -> FailedPrecondition:

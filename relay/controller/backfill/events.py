@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from relay.controller.backfill.state import (
     CANCELLED,
@@ -21,7 +22,6 @@ from relay.controller.backfill.state import (
     RUNNING,
     BackfillRecord,
 )
-from relay.controller.base import stamp
 from relay.v1 import backfill_pb2 as pb
 
 TERMINAL_KINDS = frozenset(
@@ -39,17 +39,26 @@ POLL_SECONDS = 0.5
 PROGRESS_EVERY_SECONDS = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class BackfillEvent:
+    """What a backfill's streams are told: a kind, and the record as it stood then (a copy of its own,
+    since the runner goes on changing the record it holds). ``rpcs`` turns it into protobuf."""
+
+    kind: pb.BackfillEventKind.ValueType
+    record: BackfillRecord
+    reason: str = ""
+    #: The state to show where it is not the record's own (a run that stopped here unfinished).
+    state: str | None = None
+    time: float = 0.0
+
+
 def make_event(
     record: BackfillRecord, kind: pb.BackfillEventKind.ValueType, reason: str = "", state: str | None = None
-) -> pb.BackfillEvent:
-    event = pb.BackfillEvent(
-        backfill_id=record.backfill_id, kind=kind, backfill=record.to_proto(state), reason=reason
-    )
-    stamp(event.time, time.time())
-    return event
+) -> BackfillEvent:
+    return BackfillEvent(kind, record.copy(), reason, state, time.time())
 
 
-def snapshot_event(record: BackfillRecord, state: str | None = None) -> pb.BackfillEvent:
+def snapshot_event(record: BackfillRecord, state: str | None = None) -> BackfillEvent:
     """The event a stream that attaches starts with: where the backfill stands now."""
     shown = state or record.state
     return make_event(record, KIND_OF_STATE.get(shown, pb.BACKFILL_EVENT_KIND_PROGRESS), record.reason, state)
@@ -60,7 +69,7 @@ class Subscription:
 
     _DETACH = object()
 
-    def __init__(self, hub: EventHub, first: pb.BackfillEvent | None):
+    def __init__(self, hub: EventHub, first: BackfillEvent | None):
         self._hub = hub
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self.detached = False
@@ -74,14 +83,14 @@ class Subscription:
                 self._queue.get_nowait()
         self._queue.put_nowait(item)
 
-    async def __aiter__(self) -> AsyncIterator[pb.BackfillEvent]:
+    async def __aiter__(self) -> AsyncIterator[BackfillEvent]:
         try:
             while True:
                 item = await self._queue.get()
                 if item is self._DETACH:
                     self.detached = True
                     return
-                assert isinstance(item, pb.BackfillEvent)
+                assert isinstance(item, BackfillEvent)
                 yield item
                 if item.kind in TERMINAL_KINDS:
                     return
@@ -96,7 +105,7 @@ class EventHub:
         self._subscriptions: list[Subscription] = []
         self.closed = False
 
-    def subscribe(self, first: pb.BackfillEvent | None = None) -> Subscription:
+    def subscribe(self, first: BackfillEvent | None = None) -> Subscription:
         sub = Subscription(self, first)
         if self.closed:
             sub.offer(Subscription._DETACH)
@@ -112,7 +121,7 @@ class EventHub:
     def watchers(self) -> int:
         return len(self._subscriptions)
 
-    def publish(self, event: pb.BackfillEvent) -> None:
+    def publish(self, event: BackfillEvent) -> None:
         for sub in list(self._subscriptions):
             sub.offer(event)
         if event.kind in TERMINAL_KINDS:
@@ -130,7 +139,7 @@ class EventHub:
 LoadView = Callable[[], Awaitable[tuple[BackfillRecord, str] | None]]
 
 
-async def follow_redis(load: LoadView, skip_first: bool = False) -> AsyncIterator[pb.BackfillEvent]:
+async def follow_redis(load: LoadView, skip_first: bool = False) -> AsyncIterator[BackfillEvent]:
     """Events made from the state in Redis, polled; ``load`` returns (record, state as shown) or None.
 
     The shown state differs from the stored one when the runner's lease expired (ORPHANED).
@@ -142,7 +151,7 @@ async def follow_redis(load: LoadView, skip_first: bool = False) -> AsyncIterato
         if current is None:
             return
         record, shown = current
-        events: list[pb.BackfillEvent] = []
+        events: list[BackfillEvent] = []
         if previous is None:
             if not skip_first or record.state in FINISHED:
                 events.append(snapshot_event(record, shown))
@@ -164,9 +173,9 @@ async def follow_redis(load: LoadView, skip_first: bool = False) -> AsyncIterato
 
 def _changes(
     previous: tuple[BackfillRecord, str], current: tuple[BackfillRecord, str]
-) -> list[pb.BackfillEvent]:
+) -> list[BackfillEvent]:
     (old, old_shown), (new, shown) = previous, current
-    events: list[pb.BackfillEvent] = []
+    events: list[BackfillEvent] = []
     if new.throttle_seq != old.throttle_seq and new.throttle_reason:
         events.append(make_event(new, pb.BACKFILL_EVENT_KIND_THROTTLED, new.throttle_reason, shown))
     if shown != old_shown:

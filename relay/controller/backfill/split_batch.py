@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis, RedisCluster
 
 from relay.controller.backfill.batch import COPY, Batch, BatchCopier, CopyReply, Item, _parse
-from relay.controller.backfill.state import INVALID_IDS_KEPT
+from relay.controller.backfill.state import COUNT_OF_OUTCOME, INVALID_IDS_KEPT
 from relay.core.keys import KEYS, KeyLayout
 from relay.core.lua import LuaScripts
 from relay.core.lua.split_migration import (
@@ -44,14 +44,6 @@ APPLIED_TTL_SECONDS = 7 * 24 * 3600
 RECOPIES = 3
 #: Workspaces of one batch written concurrently.
 WORKSPACES_AT_ONCE = 16
-COUNT_OF = {
-    "m": "migrated",
-    "e": "skipped_exists",
-    "n": "skipped_newer",
-    "i": "skipped_invalid",
-    "v": "skipped_vanished",
-    "x": "errors",
-}
 
 RawRecord = dict[bytes, bytes]
 
@@ -105,7 +97,7 @@ class SplitBatchCopier:
         letters = "".join(outcomes)
         tally: dict[str, int] = {"scanned": len(batch.items), "filtered_out": batch.filtered}
         for letter in letters:
-            tally[COUNT_OF[letter]] = tally.get(COUNT_OF[letter], 0) + 1
+            tally[COUNT_OF_OUTCOME[letter]] = tally.get(COUNT_OF_OUTCOME[letter], 0) + 1
         invalid = [item.job_id for item, letter in zip(batch.items, letters, strict=True) if letter == "i"]
         args: list[str | bytes] = [
             token,

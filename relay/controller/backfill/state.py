@@ -1,8 +1,9 @@
-"""A backfill's state: its options, counts and checkpoint, as one Redis hash and as protobuf.
+"""A backfill's state: its options, counts and checkpoint, as one Redis hash.
 
 An execute backfill's state lives in ``KEYS.backfill(id)``; its runner updates counts and checkpoint in
 the same Lua step that copies each batch (``scripts.COPY_BATCH``), so what Redis holds is always exactly
 what was done. A dry run keeps the same record in its controller's memory only: it writes nothing.
+``rpcs`` converts options from protobuf and records to it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from google.protobuf import duration_pb2
-
-from relay.controller.base import stamp
 from relay.core import codec
 from relay.core.errors import InvalidArgument
-from relay.core.ids import is_workspace_id
-from relay.v1 import backfill_pb2 as pb
 
 DEFAULT_BATCH_SIZE = 1000
 MAX_BATCH_SIZE = 10_000
@@ -31,7 +27,7 @@ INVALID_IDS_KEPT = 100
 
 
 class BackfillState(StrEnum):
-    """The lifecycle of a backfill, as stored in Redis (the value) and shown (``STATE_TO_PROTO``)."""
+    """The lifecycle of a backfill, as stored in Redis (the value) and shown (``rpcs.STATE_TO_PROTO``)."""
 
     RUNNING = "RUNNING"
     PAUSED = "PAUSED"
@@ -45,15 +41,6 @@ RUNNING, PAUSED, ORPHANED = BackfillState.RUNNING, BackfillState.PAUSED, Backfil
 COMPLETED, FAILED, CANCELLED = BackfillState.COMPLETED, BackfillState.FAILED, BackfillState.CANCELLED
 UNFINISHED = frozenset({RUNNING, PAUSED, ORPHANED})
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
-STATE_TO_PROTO = {
-    RUNNING: pb.BACKFILL_STATE_RUNNING,
-    PAUSED: pb.BACKFILL_STATE_PAUSED,
-    ORPHANED: pb.BACKFILL_STATE_ORPHANED,
-    COMPLETED: pb.BACKFILL_STATE_COMPLETED,
-    FAILED: pb.BACKFILL_STATE_FAILED,
-    CANCELLED: pb.BACKFILL_STATE_CANCELLED,
-}
-
 #: The outcome letters of ``COPY_BATCH``, the count each one adds to, and the metric's skip reason.
 COUNT_OF_OUTCOME = {
     "m": "migrated",
@@ -101,21 +88,6 @@ class BackfillOptions:
     rate_limit: float = 0.0
     batch_size: int = DEFAULT_BATCH_SIZE
     max_keys: int = 0
-
-    @classmethod
-    def from_request(cls, request: pb.StartBackfillRequest) -> BackfillOptions:
-        """Validated options; every bad field is an InvalidArgument naming it."""
-        if request.workspace_id and not is_workspace_id(request.workspace_id):
-            raise InvalidArgument("workspace_id", "must be empty (all) or match ^[a-z0-9][a-z0-9_-]{0,31}$")
-        if request.max_keys < 0:
-            raise InvalidArgument("max_keys", "must be 0 (no limit) or more")
-        return cls(
-            dry_run=request.dry_run,
-            workspace_id=request.workspace_id,
-            rate_limit=check_rate_limit(request.rate_limit),
-            batch_size=check_batch_size(request.batch_size) or DEFAULT_BATCH_SIZE,
-            max_keys=request.max_keys,
-        )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -382,52 +354,6 @@ class BackfillRecord:
         if self.state != RUNNING or self.rate <= 0 or self.scan_done:
             return None
         return max(0.0, (self.target - self.counts.scanned) / self.rate)
-
-    def to_proto(self, state: str | None = None) -> pb.Backfill:
-        c = self.counts
-        progress = pb.BackfillProgress(
-            scanned=c.scanned,
-            migrated=c.migrated,
-            skipped_exists=c.skipped_exists,
-            skipped_newer=c.skipped_newer,
-            skipped_invalid=c.skipped_invalid,
-            skipped_vanished=c.skipped_vanished,
-            errors=c.errors,
-            filtered_out=c.filtered_out,
-            rate=self.rate,
-            percent_done=self.percent_done(),
-            checkpoint=self.cursor,
-            total_estimate=self.target,
-            invalid_job_ids=self.invalid_ids[:INVALID_IDS_KEPT],
-            rescans=self.rescans,
-            migrated_in_earlier_passes=self.migrated_earlier,
-        )
-        eta = self.eta_seconds()
-        if eta is not None:
-            progress.eta.CopyFrom(duration_pb2.Duration(seconds=int(eta), nanos=int((eta % 1) * 1e9)))
-        message = pb.Backfill(
-            backfill_id=self.backfill_id,
-            state=STATE_TO_PROTO[state or self.state],
-            options=pb.BackfillOptions(
-                dry_run=self.options.dry_run,
-                workspace_id=self.options.workspace_id,
-                rate_limit=self.rate_limit_now,
-                batch_size=self.batch_size_now,
-                max_keys=self.options.max_keys,
-            ),
-            progress=progress,
-            reason=self.reason,
-            owner=self.owner,
-        )
-        for text, target in (
-            (self.create_time, message.create_time),
-            (self.update_time, message.update_time),
-            (self.end_time, message.end_time),
-        ):
-            moment = codec.parse_time(text)
-            if moment is not None:
-                stamp(target, moment.timestamp())
-        return message
 
 
 def scan_position(cursor: str, end: bool = False) -> float:

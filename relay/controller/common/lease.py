@@ -13,6 +13,7 @@ import logging
 
 from redis.asyncio import Redis
 
+from relay.controller.common.background import stop_task
 from relay.core.lua import LuaScripts
 from relay.core.lua.lease import RELEASE_LEASE, RENEW_LEASE
 from relay.core.stores import control_client_of
@@ -66,10 +67,7 @@ class Lease:
                 return
 
     async def release(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         with contextlib.suppress(Exception):
             await self._lua.call(RELEASE_LEASE, keys=[self.key], args=[self.holder])

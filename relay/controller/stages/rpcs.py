@@ -5,9 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 
-import grpc
-
-from relay.controller.base import ControllerBase, stamp
+from relay.controller.base import ControllerBase, admin_rpc, stamp, viewer_rpc
 from relay.controller.stages.control import ScopeStage, StageControl
 from relay.controller.stages.outbox_rule import refuse_while_writes_owed
 from relay.controller.stages.rules import RuleLimits
@@ -15,7 +13,6 @@ from relay.core.codec import parse_time
 from relay.core.config import Settings
 from relay.core.errors import InvalidArgument
 from relay.core.ids import check_workspace_id
-from relay.core.rpc_errors import rpc_method
 from relay.core.stages import Stage
 from relay.v1 import stage_pb2
 
@@ -56,19 +53,13 @@ class StageRpcs(ControllerBase):
         settings = self.parts.settings
         return StageControl(self.parts.redis, settings.default_stage, rule_limits(settings))
 
-    @rpc_method
-    async def GetStage(
-        self, request: stage_pb2.GetStageRequest, context: grpc.aio.ServicerContext
-    ) -> stage_pb2.GetStageResponse:
-        await self._viewer(context)
+    @viewer_rpc
+    async def GetStage(self, request: stage_pb2.GetStageRequest) -> stage_pb2.GetStageResponse:
         scope = await self.stage_control.get(_workspace(request.workspace_id))
         return stage_pb2.GetStageResponse(setting=setting_proto(scope))
 
-    @rpc_method
-    async def SetStage(
-        self, request: stage_pb2.SetStageRequest, context: grpc.aio.ServicerContext
-    ) -> stage_pb2.SetStageResponse:
-        await self._admin(context)
+    @admin_rpc
+    async def SetStage(self, request: stage_pb2.SetStageRequest) -> stage_pb2.SetStageResponse:
         workspace_id = _workspace(request.workspace_id)
         if request.clear_override:
             if not workspace_id:

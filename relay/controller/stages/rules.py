@@ -117,6 +117,19 @@ def _latest(fact: Fact | None, what: str) -> str:
     return f"the latest completed {what} covering it started at {at(fact.started_at)}"
 
 
+def _complete_since(fact: Fact | None, since: float) -> bool:
+    """Whether ``fact`` is a complete operation that started at or after ``since`` (a rule accepts it)."""
+    return fact is not None and fact.complete and fact.started_at >= since
+
+
+def _found(fact: Fact | None, what: str, left: str) -> str:
+    """What the operator is told of the latest ``what``; ``left`` says what an incomplete one left behind."""
+    found = _latest(fact, what)
+    if fact is not None and not fact.complete:
+        found += left
+    return found
+
+
 def check_transition(
     current: Stage,
     target: Stage,
@@ -153,29 +166,17 @@ def check_transition(
                 "layout, which LEGACY_ONLY does not read. Move back to READ_NEW first (after a reverse "
                 "copy), run another reverse copy once legacy writes have resumed, then to LEGACY_ONLY",
             )
-        since = history.legacy_writes_stopped_at + settle
-        refusal = _needs_reverse_copy(evidence, since, workspace_id)
-        if refusal:
-            return Refusal(
-                refusal.reason,
-                f"{scope} stopped writing the legacy layout at {at(history.legacy_writes_stopped_at)}: "
-                f"before it reads that layout again, a complete reverse copy of {_cover(workspace_id)} "
-                f"must have started after {at(since)}, and {refusal.message}. Run `relayctl reverse-copy "
-                f"--execute{_flag(workspace_id)}` and retry",
-            )
-        return None
+        why = (
+            f"{scope} stopped writing the legacy layout at {at(history.legacy_writes_stopped_at)}: before it "
+            "reads that layout again,"
+        )
+        return _needs_reverse_copy(evidence, history.legacy_writes_stopped_at + settle, workspace_id, why)
     if target is Stage.LEGACY_ONLY and history.legacy_writes_stopped_at > 0:
-        since = history.legacy_writes_resumed_at + settle
-        refusal = _needs_reverse_copy(evidence, since, workspace_id)
-        if refusal:
-            return Refusal(
-                refusal.reason,
-                f"{scope} wrote the new layout only from {at(history.legacy_writes_stopped_at)} to "
-                f"{at(history.legacy_writes_resumed_at)}; LEGACY_ONLY does not read the new layout, so a "
-                f"complete reverse copy of {_cover(workspace_id)} must have started after {at(since)}, "
-                f"and {refusal.message}. Run `relayctl reverse-copy --execute{_flag(workspace_id)}` "
-                "and retry",
-            )
+        why = (
+            f"{scope} wrote the new layout only from {at(history.legacy_writes_stopped_at)} to "
+            f"{at(history.legacy_writes_resumed_at)}; LEGACY_ONLY does not read the new layout, so"
+        )
+        return _needs_reverse_copy(evidence, history.legacy_writes_resumed_at + settle, workspace_id, why)
     return None
 
 
@@ -183,8 +184,8 @@ def _needs_backfill(
     history: StageHistory, evidence: Evidence, limits: RuleLimits, workspace_id: str
 ) -> Refusal | None:
     since = history.new_writes_since + limits.settle_seconds
-    fact = evidence.backfill
-    if fact is not None and fact.started_at >= since:
+    fact = evidence.backfill  # only a completed backfill is recorded, and it is always complete
+    if _complete_since(fact, since):
         return None
     return Refusal(
         "BACKFILL_REQUIRED",
@@ -237,12 +238,11 @@ def _needs_cleanup(
     history: StageHistory, evidence: Evidence, limits: RuleLimits, workspace_id: str
 ) -> Refusal | None:
     since = history.legacy_writes_stopped_at + limits.settle_seconds
-    fact = evidence.cleanup
-    if fact is not None and fact.complete and fact.started_at >= since:
+    if _complete_since(evidence.cleanup, since):
         return None
-    found = _latest(fact, "cleanup")
-    if fact is not None and not fact.complete:
-        found += ", and it kept legacy records it could not delete yet (see its counts)"
+    found = _found(
+        evidence.cleanup, "cleanup", ", and it kept legacy records it could not delete yet (see its counts)"
+    )
     return Refusal(
         "CLEANUP_REQUIRED",
         f"{scope_name(workspace_id)} can be marked LEGACY_CLEANED only after a complete cleanup (--execute) "
@@ -251,14 +251,17 @@ def _needs_cleanup(
     )
 
 
-def _needs_reverse_copy(evidence: Evidence, since: float, workspace_id: str) -> Refusal | None:
-    fact = evidence.reverse_copy
-    if fact is not None and fact.complete and fact.started_at >= since:
+def _needs_reverse_copy(evidence: Evidence, since: float, workspace_id: str, why: str) -> Refusal | None:
+    """A refusal unless a complete reverse copy started after ``since``; ``why`` opens its message."""
+    if _complete_since(evidence.reverse_copy, since):
         return None
-    found = _latest(fact, "reverse copy")
-    if fact is not None and not fact.complete:
-        found += " and it left records it could not copy (see its counts)"
-    return Refusal("REVERSE_COPY_REQUIRED", found)
+    left = " and it left records it could not copy (see its counts)"
+    return Refusal(
+        "REVERSE_COPY_REQUIRED",
+        f"{why} a complete reverse copy of {_cover(workspace_id)} must have started after {at(since)}, and "
+        f"{_found(evidence.reverse_copy, 'reverse copy', left)}. Run `relayctl reverse-copy "
+        f"--execute{_flag(workspace_id)}` and retry",
+    )
 
 
 def next_history(current: Stage, target: Stage, history: StageHistory, now: float) -> StageHistory:

@@ -28,18 +28,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
 from relay.controller.common.script_budget import timed_script
 from relay.controller.stages.control import StageControl
 from relay.controller.stages.facts import read_evidence, record_cleanup_completed, redis_now
 from relay.controller.stages.rules import Refusal, check_cleanup_allowed
-from relay.controller.sweep.loop import Sweep, SweepRun
+from relay.controller.sweep.loop import SHARED_OUTCOMES, Sweep, SweepRun
 from relay.core.codec import DATA_FIELDS
 from relay.core.errors import FailedPrecondition
-from relay.core.foreign import note_foreign
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import IDEMPOTENCY_PATTERN, IDEMPOTENCY_PREFIX, KEYS, LEGACY_JOB_PATTERN, KeyLayout
-from relay.core.lua import LuaScripts
 from relay.core.lua.sweep import CLEANUP_LEGACY_JOBS, DRAIN_LEGACY_QUEUE_HEAD
 from relay.core.stages import Stage
 
@@ -47,11 +44,9 @@ from relay.core.stages import Stage
 JOB_OUTCOMES = {
     "foreign_new": "kept_missing_new",  # another workspace's record under the new key: counted as foreign too
     "deleted": "done",
-    "invalid": "kept_invalid",
     "missing_new": "kept_missing_new",
-    "legacy_newer": "kept_legacy_newer",
-    "differing": "kept_differing",
     "pending": "kept_pending",
+    **SHARED_OUTCOMES,
 }
 #: Consecutive times the queue head may change under a batch before the queue phase moves on.
 QUEUE_RETRIES = 5
@@ -59,26 +54,20 @@ QUEUE_RETRIES = 5
 
 class Cleaner(Sweep):
     kind = "cleanup"
+    what = "a cleanup"
     phases = ("jobs", "queue", "idempotency")
 
     def __init__(
         self, redis: Redis, stage_control: StageControl, keys: KeyLayout = KEYS, metrics: Any = None
     ):
-        super().__init__(redis, keys)
-        self._metrics = metrics
+        super().__init__(redis, keys, metrics, current_key=keys.cleanup_current, last_key=keys.cleanup_last)
         self._stages = stage_control
-        self._lua = LuaScripts(redis)
-
-    @property
-    def current_key(self) -> str:
-        return self._keys.cleanup_current
-
-    @property
-    def last_key(self) -> str:
-        return self._keys.cleanup_last
+        #: Where the legacy keys are (their own Redis in a split topology: ``split_cleaner``).
+        self._legacy = redis
+        self._legacy_lua = self._lua
 
     async def preconditions(self, run: SweepRun) -> None:
-        await refuse_while_backfill_runs(self._redis, "a cleanup")
+        await super().preconditions(run)
         refusal = await self._refusal()
         if refusal:
             raise FailedPrecondition(refusal.message, reason=refusal.reason)
@@ -91,9 +80,9 @@ class Cleaner(Sweep):
         )
 
     async def stop_reason(self, run: SweepRun) -> str:
-        holder = await backfill_running(self._redis)
-        if holder:
-            return f"a backfill started ({holder}); resume once it is over"
+        reason = await super().stop_reason(run)
+        if reason:
+            return reason
         default, overrides = await self._stages.stages_in_force()
         behind = [ws for ws, stage in overrides.items() if stage < Stage.NEW_ONLY]
         if default < Stage.NEW_ONLY or behind:
@@ -113,54 +102,59 @@ class Cleaner(Sweep):
         )
 
     # --- phases ------------------------------------------------------------------------------
+    def _jobs_batch(self, run: SweepRun) -> int:
+        return self.budget.size(run.batch_size)
+
     async def _jobs(self, run: SweepRun) -> int:
-        count = self.budget.size(run.batch_size)
-        cursor, keys = await self._redis.scan(run.cursor, match=LEGACY_JOB_PATTERN, count=count)
+        count = self._jobs_batch(run)
+        cursor, keys = await self._legacy.scan(run.cursor, match=LEGACY_JOB_PATTERN, count=count)
         run.scanned += len(keys)
         if keys:
-            pipe = self._redis.pipeline(transaction=False)
-            for key in keys:
-                pipe.hget(key, "workspace_id")
-            workspaces = await pipe.execute(raise_on_error=False)
-            script_keys: list[str] = []
-            args: list[str] = ["1" if run.dry_run else "0", str(len(DATA_FIELDS)), *DATA_FIELDS]
-            for key, workspace in zip(keys, workspaces, strict=True):
-                name = key.decode("utf-8", "replace")
-                job_id = KeyLayout.job_id_of_legacy(name)
-                workspace_id = workspace.decode("utf-8", "replace") if isinstance(workspace, bytes) else ""
-                if isinstance(workspace, Exception) or not is_job_id(job_id):
-                    run.kept_invalid += 1  # not a hash, or a key no job id could make
-                    continue
-                if workspace is None:
-                    # No workspace_id field, or the key went away since the SCAN: the script tells which.
-                    script_keys += [name, name]
-                elif is_workspace_id(workspace_id):
-                    script_keys += [name, self._keys.new_job(workspace_id, job_id)]
-                else:
-                    run.kept_invalid += 1
-                    continue
-                args += [workspace_id, job_id]
-            if script_keys:
-                call = self._lua.call(CLEANUP_LEGACY_JOBS, keys=script_keys, args=args)
-                for outcome in await timed_script(self.budget, len(script_keys) // 2, call):
-                    counter = JOB_OUTCOMES.get(outcome.decode())
-                    if outcome == b"foreign_new":
-                        note_foreign(self._metrics)
-                    if counter:
-                        setattr(run, counter, getattr(run, counter) + 1)
+            await self._jobs_of(run, keys)
         run.cursor = int(cursor)
         if run.cursor == 0:
             run.phase = "queue"
         return len(keys)
 
+    async def _jobs_of(self, run: SweepRun, keys: list[bytes]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, "workspace_id")
+        workspaces = await pipe.execute(raise_on_error=False)
+        script_keys: list[str] = []
+        args: list[str] = ["1" if run.dry_run else "0", str(len(DATA_FIELDS)), *DATA_FIELDS]
+        for key, workspace in zip(keys, workspaces, strict=True):
+            name = key.decode("utf-8", "replace")
+            job_id = KeyLayout.job_id_of_legacy(name)
+            workspace_id = workspace.decode("utf-8", "replace") if isinstance(workspace, bytes) else ""
+            if isinstance(workspace, Exception) or not is_job_id(job_id):
+                run.kept_invalid += 1  # not a hash, or a key no job id could make
+                continue
+            if workspace is None:
+                # No workspace_id field, or the key went away since the SCAN: the script tells which.
+                script_keys += [name, name]
+            elif is_workspace_id(workspace_id):
+                script_keys += [name, self._keys.new_job(workspace_id, job_id)]
+            else:
+                run.kept_invalid += 1
+                continue
+            args += [workspace_id, job_id]
+        if script_keys:
+            call = self._lua.call(CLEANUP_LEGACY_JOBS, keys=script_keys, args=args)
+            self._tally(run, JOB_OUTCOMES, await timed_script(self.budget, len(script_keys) // 2, call))
+
+    def _queue_new_key(self, workspace_id: str, job_id: str) -> str:
+        """The key DRAIN_LEGACY_QUEUE_HEAD reads a valid entry's status from."""
+        return self._keys.new_job(workspace_id, job_id)
+
     async def _queue(self, run: SweepRun) -> int:
         queue = self._keys.legacy_queue
         start = run.queue_offset if run.dry_run else 0
-        entries = await self._redis.lrange(queue, start, start + run.batch_size - 1)
+        entries = await self._legacy.lrange(queue, start, start + run.batch_size - 1)
         if not entries:
             run.phase = "idempotency"
             return 0
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._legacy.pipeline(transaction=False)
         for entry in entries:
             pipe.hget(self._keys.legacy_job(entry.decode("utf-8", "replace")), "workspace_id")
         workspaces = await pipe.execute(raise_on_error=False)
@@ -171,9 +165,9 @@ class Cleaner(Sweep):
             legacy = self._keys.legacy_job(job_id)
             workspace_id = workspace.decode("utf-8", "replace") if isinstance(workspace, bytes) else ""
             valid = is_workspace_id(workspace_id) and is_job_id(job_id)
-            keys += [legacy, self._keys.new_job(workspace_id, job_id) if valid else legacy]
+            keys += [legacy, self._queue_new_key(workspace_id, job_id) if valid else legacy]
             args += [job_id, workspace_id, "1" if valid else "0"]
-        removed, why = await self._lua.call(DRAIN_LEGACY_QUEUE_HEAD, keys=keys, args=args)
+        removed, why = await self._legacy_lua.call(DRAIN_LEGACY_QUEUE_HEAD, keys=keys, args=args)
         run.queue_entries_removed += int(removed)
         run.queue_offset = start + int(removed)
         why = why.decode()
@@ -183,11 +177,11 @@ class Cleaner(Sweep):
         return len(entries)
 
     async def _idempotency(self, run: SweepRun) -> int:
-        cursor, keys = await self._redis.scan(run.cursor, match=IDEMPOTENCY_PATTERN, count=run.batch_size)
+        cursor, keys = await self._legacy.scan(run.cursor, match=IDEMPOTENCY_PATTERN, count=run.batch_size)
         run.scanned += len(keys)
         unreadable = [key for key in keys if not _readable_idempotency_key(key.decode("utf-8", "replace"))]
         if unreadable and not run.dry_run:
-            await self._redis.unlink(*unreadable)
+            await self._legacy.unlink(*unreadable)
         run.idempotency_deleted += len(unreadable)
         run.cursor = int(cursor)
         if run.cursor == 0:

@@ -16,49 +16,30 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from relay.controller.common.operation import backfill_running, refuse_while_backfill_runs
 from relay.controller.common.script_budget import timed_script
 from relay.controller.stages.facts import record_reverse_copy_completed
-from relay.controller.sweep.loop import Sweep, SweepRun
+from relay.controller.sweep.loop import SHARED_OUTCOMES, Sweep, SweepRun
 from relay.core.codec import DATA_FIELDS
-from relay.core.foreign import note_foreign
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, NEW_JOB_PATTERN, KeyLayout
-from relay.core.lua import LuaScripts
 from relay.core.lua.sweep import REVERSE_COPY
 
 OUTCOMES = {
     "foreign_new": "kept_invalid",  # another workspace's record under the new key: counted as foreign too
     "copied": "done",
     "unchanged": "unchanged",
-    "legacy_newer": "kept_legacy_newer",
-    "differing": "kept_differing",
-    "invalid": "kept_invalid",
+    **SHARED_OUTCOMES,
 }
 
 
 class ReverseCopier(Sweep):
     kind = "reverse-copy"
+    what = "a reverse copy"
 
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS, metrics: Any = None):
-        super().__init__(redis, keys)
-        self._metrics = metrics
-        self._lua = LuaScripts(redis)
-
-    @property
-    def current_key(self) -> str:
-        return self._keys.reverse_copy_current
-
-    @property
-    def last_key(self) -> str:
-        return self._keys.reverse_copy_last
-
-    async def preconditions(self, run: SweepRun) -> None:
-        await refuse_while_backfill_runs(self._redis, "a reverse copy")
-
-    async def stop_reason(self, run: SweepRun) -> str:
-        holder = await backfill_running(self._redis)
-        return f"a backfill started ({holder}); resume once it is over" if holder else ""
+        super().__init__(
+            redis, keys, metrics, current_key=keys.reverse_copy_current, last_key=keys.reverse_copy_last
+        )
 
     async def finished(self, run: SweepRun) -> None:
         complete = run.kept_differing == 0 and run.kept_invalid == 0 and run.errors == 0
@@ -67,13 +48,27 @@ class ReverseCopier(Sweep):
         )
 
     async def step(self, run: SweepRun) -> int:
-        pattern = self._keys.new_job(run.workspace_id, "*") if run.workspace_id else NEW_JOB_PATTERN
-        cursor, keys = await self._redis.scan(
-            run.cursor, match=pattern, count=self.budget.size(run.batch_size)
-        )
+        position, keys = await self._scan(run)
         run.scanned += len(keys)
-        script_keys: list[str] = []
-        args: list[str] = ["1" if run.dry_run else "0", str(len(DATA_FIELDS)), *DATA_FIELDS]
+        entries = self._records_of(run, keys)
+        if entries:
+            await self._copy(run, entries)
+        run.cursor = position
+        if run.cursor == 0:
+            run.phase = "done"
+        return len(keys)
+
+    async def _scan(self, run: SweepRun) -> tuple[int, list[bytes]]:
+        count = self.budget.size(run.batch_size)
+        cursor, keys = await self._redis.scan(run.cursor, match=self._pattern(run), count=count)
+        return int(cursor), keys
+
+    def _pattern(self, run: SweepRun) -> str:
+        return self._keys.new_job(run.workspace_id, "*") if run.workspace_id else NEW_JOB_PATTERN
+
+    def _records_of(self, run: SweepRun, keys: list[bytes]) -> list[tuple[str, str, str]]:
+        """(key, workspace id, job id) of each key that is a job record of ours in the run's scope."""
+        entries: list[tuple[str, str, str]] = []
         for key in keys:
             name = key.decode("utf-8", "replace")
             workspace_id, job_id = self._keys.parse_new_job(name)
@@ -81,17 +76,14 @@ class ReverseCopier(Sweep):
                 continue  # not a job record of ours
             if run.workspace_id and workspace_id != run.workspace_id:
                 continue
+            entries.append((name, workspace_id, job_id))
+        return entries
+
+    async def _copy(self, run: SweepRun, entries: list[tuple[str, str, str]]) -> None:
+        script_keys: list[str] = []
+        args: list[str] = ["1" if run.dry_run else "0", str(len(DATA_FIELDS)), *DATA_FIELDS]
+        for name, workspace_id, job_id in entries:
             script_keys += [name, self._keys.legacy_job(job_id)]
             args += [workspace_id, job_id]
-        if script_keys:
-            call = self._lua.call(REVERSE_COPY, keys=script_keys, args=args)
-            for outcome in await timed_script(self.budget, len(script_keys) // 2, call):
-                counter = OUTCOMES.get(outcome.decode())
-                if outcome == b"foreign_new":
-                    note_foreign(self._metrics)
-                if counter:
-                    setattr(run, counter, getattr(run, counter) + 1)
-        run.cursor = int(cursor)
-        if run.cursor == 0:
-            run.phase = "done"
-        return len(keys)
+        call = self._lua.call(REVERSE_COPY, keys=script_keys, args=args)
+        self._tally(run, OUTCOMES, await timed_script(self.budget, len(script_keys) // 2, call))

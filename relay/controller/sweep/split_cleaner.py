@@ -17,14 +17,13 @@ from redis.asyncio import Redis
 
 from relay.controller.common.redis_run import redis_run_id
 from relay.controller.stages.control import StageControl
-from relay.controller.sweep.cleaner import QUEUE_RETRIES, Cleaner, _readable_idempotency_key
+from relay.controller.sweep.cleaner import Cleaner
 from relay.controller.sweep.loop import SweepRun
 from relay.core import codec
 from relay.core.ids import is_job_id, is_workspace_id
-from relay.core.keys import IDEMPOTENCY_PATTERN, KEYS, LEGACY_JOB_PATTERN, KeyLayout
+from relay.core.keys import KEYS, KeyLayout
 from relay.core.lua import LuaScripts
 from relay.core.lua.split_migration import DELETE_UNCHANGED_LEGACY, READ_LEGACY_RECORDS
-from relay.core.lua.sweep import DRAIN_LEGACY_QUEUE_HEAD
 from relay.core.stores import Stores, raise_store_failures
 
 DELETE_OUTCOMES = {"deleted": "done", "changed": "kept_differing"}
@@ -54,15 +53,8 @@ class SplitCleaner(Cleaner):
     async def _key_count(self) -> int:
         return await self._legacy.dbsize()
 
-    async def _jobs(self, run: SweepRun) -> int:
-        cursor, keys = await self._legacy.scan(run.cursor, match=LEGACY_JOB_PATTERN, count=run.batch_size)
-        run.scanned += len(keys)
-        if keys:
-            await self._jobs_of(run, keys)
-        run.cursor = int(cursor)
-        if run.cursor == 0:
-            run.phase = "queue"
-        return len(keys)
+    def _jobs_batch(self, run: SweepRun) -> int:
+        return run.batch_size  # this topology's scripts are not timed: the budget has nothing to go by
 
     async def _jobs_of(self, run: SweepRun, keys: list[bytes]) -> None:
         replies = await self._legacy_lua.call_ro(READ_LEGACY_RECORDS, keys)
@@ -110,49 +102,8 @@ class SplitCleaner(Cleaner):
         for _, flat in doomed:
             args += [str(len(flat) // 2), *flat]
         outcomes = await self._legacy_lua.call(DELETE_UNCHANGED_LEGACY, [key for key, _ in doomed], args)
-        for outcome in outcomes:
-            counter = DELETE_OUTCOMES.get(outcome.decode())
-            if counter:
-                setattr(run, counter, getattr(run, counter) + 1)
+        run.add_outcomes(DELETE_OUTCOMES, outcomes)
 
-    async def _queue(self, run: SweepRun) -> int:
-        queue = self._keys.legacy_queue
-        start = run.queue_offset if run.dry_run else 0
-        entries = await self._legacy.lrange(queue, start, start + run.batch_size - 1)
-        if not entries:
-            run.phase = "idempotency"
-            return 0
-        pipe = self._legacy.pipeline(transaction=False)
-        for entry in entries:
-            pipe.hget(self._keys.legacy_job(entry.decode("utf-8", "replace")), "workspace_id")
-        workspaces = await pipe.execute(raise_on_error=False)
-        keys: list[str] = [queue]
-        args: list[str] = ["1" if run.dry_run else "0", str(start)]
-        for entry, workspace in zip(entries, workspaces, strict=True):
-            job_id = entry.decode("utf-8", "replace")
-            legacy = self._keys.legacy_job(job_id)
-            workspace_id = workspace.decode("utf-8", "replace") if isinstance(workspace, bytes) else ""
-            valid = is_workspace_id(workspace_id) and is_job_id(job_id)
-            # The new copy is in the other store: the legacy copy stands in for it (see the module doc).
-            keys += [legacy, legacy]
-            args += [job_id, workspace_id, "1" if valid else "0"]
-        removed, why = await self._legacy_lua.call(DRAIN_LEGACY_QUEUE_HEAD, keys=keys, args=args)
-        run.queue_entries_removed += int(removed)
-        run.queue_offset = start + int(removed)
-        why = why.decode()
-        run.queue_changes = run.queue_changes + 1 if why == "changed" else 0
-        if why == "pending" or run.queue_changes > QUEUE_RETRIES:
-            run.phase = "idempotency"
-        return len(entries)
-
-    async def _idempotency(self, run: SweepRun) -> int:
-        cursor, keys = await self._legacy.scan(run.cursor, match=IDEMPOTENCY_PATTERN, count=run.batch_size)
-        run.scanned += len(keys)
-        unreadable = [key for key in keys if not _readable_idempotency_key(key.decode("utf-8", "replace"))]
-        if unreadable and not run.dry_run:
-            await self._legacy.unlink(*unreadable)
-        run.idempotency_deleted += len(unreadable)
-        run.cursor = int(cursor)
-        if run.cursor == 0:
-            run.phase = "done"
-        return len(keys)
+    def _queue_new_key(self, workspace_id: str, job_id: str) -> str:
+        # The new copy is in the other store: the legacy copy stands in for it (see the module doc).
+        return self._keys.legacy_job(job_id)

@@ -16,8 +16,7 @@ from relay.controller.sweep.loop import SweepRun
 from relay.controller.sweep.reverse_copier import OUTCOMES, ReverseCopier
 from relay.core import codec
 from relay.core.codec import DATA_FIELDS
-from relay.core.ids import is_job_id, is_workspace_id
-from relay.core.keys import KEYS, NEW_JOB_PATTERN, KeyLayout
+from relay.core.keys import KEYS, KeyLayout
 from relay.core.lua import LuaScripts
 from relay.core.lua.split_migration import REVERSE_COPY_RECORDS
 from relay.core.stores import Stores, raise_store_failures
@@ -29,47 +28,30 @@ class SplitReverseCopier(ReverseCopier):
         self._stores = stores
         self._legacy: Redis = stores.legacy
         self._legacy_lua = LuaScripts(stores.legacy)
-        self._scan = StoreScan(stores.new)
+        self._scan_store = StoreScan(stores.new)
 
     async def _run_id(self) -> str:
-        return await stores_run_id(self._stores, self._scan)
+        return await stores_run_id(self._stores, self._scan_store)
 
     async def _key_count(self) -> int:
-        return await self._scan.dbsize()
+        return await self._scan_store.dbsize()
 
-    async def step(self, run: SweepRun) -> int:
-        pattern = self._keys.new_job(run.workspace_id, "*") if run.workspace_id else NEW_JOB_PATTERN
-        position, keys = await self._scan.scan(run.cursor, pattern, run.batch_size)
-        run.scanned += len(keys)
-        entries: list[tuple[str, str, str]] = []
-        for key in keys:
-            name = key.decode("utf-8", "replace")
-            workspace_id, job_id = self._keys.parse_new_job(name)
-            if not (is_workspace_id(workspace_id) and is_job_id(job_id)):
-                continue  # not a job record of ours
-            if run.workspace_id and workspace_id != run.workspace_id:
-                continue
-            entries.append((name, workspace_id, job_id))
-        if entries:
-            pipe = self._redis.pipeline(transaction=False)
-            for name, _, _ in entries:
-                pipe.hgetall(name)
-            records = raise_store_failures(await pipe.execute(raise_on_error=False))
-            script_keys: list[str] = []
-            args: list[str | bytes] = ["1" if run.dry_run else "0", str(len(DATA_FIELDS)), *DATA_FIELDS]
-            for (_, workspace_id, job_id), raw in zip(entries, records, strict=True):
-                if not isinstance(raw, dict) or not raw:
-                    continue  # gone since the SCAN, or not a hash
-                script_keys.append(self._keys.legacy_job(job_id))
-                flat = [item for pair in raw.items() for item in pair]
-                rev = str(codec.revision(codec.decode(raw)))
-                args += [workspace_id, job_id, rev, str(len(raw)), *flat]
-            if script_keys:
-                for outcome in await self._legacy_lua.call(REVERSE_COPY_RECORDS, script_keys, args):
-                    counter = OUTCOMES.get(outcome.decode())
-                    if counter:
-                        setattr(run, counter, getattr(run, counter) + 1)
-        run.cursor = position
-        if run.cursor == 0:
-            run.phase = "done"
-        return len(keys)
+    async def _scan(self, run: SweepRun) -> tuple[int, list[bytes]]:
+        return await self._scan_store.scan(run.cursor, self._pattern(run), run.batch_size)
+
+    async def _copy(self, run: SweepRun, entries: list[tuple[str, str, str]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for name, _, _ in entries:
+            pipe.hgetall(name)
+        records = raise_store_failures(await pipe.execute(raise_on_error=False))
+        script_keys: list[str] = []
+        args: list[str | bytes] = ["1" if run.dry_run else "0", str(len(DATA_FIELDS)), *DATA_FIELDS]
+        for (_, workspace_id, job_id), raw in zip(entries, records, strict=True):
+            if not isinstance(raw, dict) or not raw:
+                continue  # gone since the SCAN, or not a hash
+            script_keys.append(self._keys.legacy_job(job_id))
+            flat = [item for pair in raw.items() for item in pair]
+            rev = str(codec.revision(codec.decode(raw)))
+            args += [workspace_id, job_id, rev, str(len(raw)), *flat]
+        if script_keys:
+            run.add_outcomes(OUTCOMES, await self._legacy_lua.call(REVERSE_COPY_RECORDS, script_keys, args))

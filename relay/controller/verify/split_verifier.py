@@ -15,11 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from relay.controller.common.store_scan import StoreScan, stores_run_id
-from relay.controller.common.throttle import TokenBucket
 from relay.controller.stages.outbox_rule import owed_writes
 from relay.controller.verify.verifier import Record, VerificationRun, Verifier, _as_record, _own
-from relay.core.ids import is_job_id, is_workspace_id
-from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, NEW_JOB_PATTERN, KeyLayout
+from relay.core.keys import KEYS, NEW_JOB_PATTERN, KeyLayout
 from relay.core.stores import Stores
 
 
@@ -36,27 +34,15 @@ class SplitVerifier(Verifier):
     async def _key_count(self) -> int:
         return await self._stores.legacy.dbsize() + await self._scan.dbsize()
 
-    async def _finish(self, run: VerificationRun) -> None:
+    async def _complete(self, run: VerificationRun) -> None:
         run.outbox_pending = await owed_writes(self._stores, run.workspace_id)
-        await super()._finish(run)
+        await super()._complete(run)
 
-    async def _batch(self, run: VerificationRun, bucket: TokenBucket) -> None:
-        if run.phase == "legacy":
-            cursor, keys = await self._legacy.scan(run.cursor, match=LEGACY_JOB_PATTERN, count=run.batch_size)
-            await bucket.take(len(keys))
-            await self._legacy_keys(run, keys)
-            run.cursor = int(cursor)
-        else:
-            pattern = self._keys.new_job(run.workspace_id, "*") if run.workspace_id else NEW_JOB_PATTERN
-            run.cursor, keys = await self._scan.scan(run.cursor, pattern, run.batch_size)
-            await bucket.take(len(keys))
-            await self._new_keys(run, keys)
-        if run.cursor == 0:
-            run.phase = "new" if run.phase == "legacy" else "done"
+    async def _scan_new(self, run: VerificationRun) -> tuple[int, list[bytes]]:
+        pattern = self._keys.new_job(run.workspace_id, "*") if run.workspace_id else NEW_JOB_PATTERN
+        return await self._scan.scan(run.cursor, pattern, run.batch_size)
 
-    async def _reread(self, suspects: list[tuple[str, str]]) -> list[tuple[str, str, Record | None, Record]]:
-        if not suspects:
-            return []
+    async def _both_copies(self, suspects: list[tuple[str, str]]) -> list[tuple[object, Record | None]]:
         pipe = self._legacy.pipeline(transaction=False)
         for job_id, _ in suspects:
             pipe.hgetall(self._keys.legacy_job(job_id))
@@ -65,24 +51,12 @@ class SplitVerifier(Verifier):
         for job_id, workspace_id in suspects:
             pipe.hgetall(self._keys.new_job(workspace_id, job_id))
         news = await pipe.execute(raise_on_error=False)
-        out: list[tuple[str, str, Record | None, Record]] = []
-        for (job_id, workspace_id), raw_legacy, raw_new in zip(suspects, legacies, news, strict=True):
-            legacy = _own(_as_record(raw_legacy), job_id, workspace_id)
-            new = _own(_as_record(raw_new), job_id, workspace_id)
-            if legacy is not None and legacy.get("workspace_id") == workspace_id:
-                out.append((job_id, workspace_id, new, legacy))
-        return out
+        return [
+            (raw_legacy, _own(_as_record(raw_new), job_id, workspace_id))
+            for (job_id, workspace_id), raw_legacy, raw_new in zip(suspects, legacies, news, strict=True)
+        ]
 
-    async def _new_keys(self, run: VerificationRun, keys: list[bytes]) -> None:
-        entries: list[tuple[str, str]] = []
-        for key in keys:
-            run.scanned_new += 1
-            workspace_id, job_id = self._keys.parse_new_job(key.decode("utf-8", "replace"))
-            mine = not run.workspace_id or workspace_id == run.workspace_id
-            if mine and is_workspace_id(workspace_id) and is_job_id(job_id):
-                entries.append((workspace_id, job_id))
-        if not entries:
-            return
+    async def _new_key_facts(self, entries: list[tuple[str, str]]) -> list[tuple[Any, Any, Any]]:
         pipe = self._redis.pipeline(transaction=False)
         for workspace_id, job_id in entries:
             pipe.exists(self._keys.new_job(workspace_id, job_id))
@@ -92,22 +66,13 @@ class SplitVerifier(Verifier):
         for _, job_id in entries:
             pipe.hget(self._keys.legacy_job(job_id), "workspace_id")
         legacies = await pipe.execute(raise_on_error=False)
-        alone: list[tuple[str, str, Record]] = []
-        for n, (workspace_id, job_id) in enumerate(entries):
-            exists, enqueued_at, legacy_workspace = news[2 * n], news[2 * n + 1], legacies[n]
-            if not exists or isinstance(enqueued_at, Exception):
-                continue  # deleted since the SCAN, or not a hash: not a job record of ours
-            if (
-                isinstance(legacy_workspace, bytes)
-                and legacy_workspace.decode("utf-8", "replace") == workspace_id
-            ):
-                continue  # compared in the legacy pass
-            counts = run.counts(workspace_id)
-            counts.only_in_new += 1
-            counts.sample(job_id)
-            when = enqueued_at.decode("utf-8", "replace") if enqueued_at else ""
-            alone.append((job_id, workspace_id, {"enqueued_at": when}))
-        await self._check_listed(run, alone)
+        facts: list[tuple[Any, Any, Any]] = []
+        for n, legacy_workspace in enumerate(legacies):
+            exists, enqueued_at = news[2 * n], news[2 * n + 1]
+            # The owner is not read here: a foreign record under the key counts as its workspace's.
+            fields = enqueued_at if isinstance(enqueued_at, Exception) else [enqueued_at, None]
+            facts.append((legacy_workspace, exists, fields))
+        return facts
 
 
 def verifier_of(stores: Stores, keys: KeyLayout = KEYS, metrics: Any = None) -> Verifier:

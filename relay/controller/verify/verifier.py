@@ -14,40 +14,29 @@ the two reads of a batch is not reported as a difference. Counts are per workspa
 number of workspaces, not keys). SCAN may return a key twice when Redis resizes its table mid-scan, so a
 count can include a record twice; whether the result is clean does not depend on it.
 
-The run is checkpointed in Redis after every batch (``resume`` continues it), rate-limited by a token
-bucket, guarded by the operation lease, and its result is stored (``KEYS.verification_last``) and
-recorded as a migration fact for the stage rules.
+It runs on the operation loop (``common.scan_operation``): checkpointed in Redis after every batch
+(``resume`` continues it), rate-limited by a token bucket, guarded by the operation lease; its result is
+stored (``KEYS.verification_last``) and recorded as a migration fact for the stage rules.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill.state import check_batch_size, check_rate_limit
-from relay.controller.common.operation import new_operation_id, take_operation_lease
-from relay.controller.common.redis_run import redis_run_id
-from relay.controller.common.throttle import TokenBucket
+from relay.controller.common import scan_operation
+from relay.controller.common.scan_operation import ScanOperation, ScanRun, check_pace
 from relay.controller.stages.facts import record_verification, redis_now
 from relay.core import codec
 from relay.core.codec import Record
-from relay.core.errors import FailedPrecondition, InvalidArgument
 from relay.core.foreign import note_foreign
 from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, NEW_JOB_PATTERN, KeyLayout
-from relay.core.rpc_errors import TRANSIENT_STORE_ERRORS
 
-DEFAULT_BATCH = 1000
-
-log = logging.getLogger("relay.migration")
 SAMPLE_IDS = 20
 
 RESTARTED = (
@@ -59,9 +48,9 @@ RESTARTED = (
 class VerificationState(StrEnum):
     """The lifecycle of a verification, as stored in Redis (the value)."""
 
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
+    RUNNING = scan_operation.RUNNING
+    COMPLETED = scan_operation.COMPLETED
+    FAILED = scan_operation.FAILED  # also when it lost the operation lease: resume continues
     INTERRUPTED = "interrupted"  # the caller went away: resume continues
 
 
@@ -90,26 +79,28 @@ class WorkspaceCounts:
 
 
 @dataclass
-class VerificationRun:
+class VerificationRun(ScanRun):
+    """The state of one verification; its phases are ``legacy``, ``new`` and ``done``."""
+
+    id_field = "verification_id"
+    examined_fields = ("scanned_legacy", "scanned_new")
+
     verification_id: str
-    workspace_id: str = ""
-    rate_limit: float = 0.0
-    batch_size: int = DEFAULT_BATCH
-    state: str = VerificationState.RUNNING
-    phase: str = "legacy"  # legacy | new | done
-    cursor: int = 0
+    #: The result, per workspace; then the keys of each pass and the legacy keys that are no job record.
+    workspaces: dict[str, WorkspaceCounts] = field(default_factory=dict)
     scanned_legacy: int = 0
     scanned_new: int = 0
     invalid_legacy: int = 0
-    workspaces: dict[str, WorkspaceCounts] = field(default_factory=dict)
-    started_at: float = 0.0
-    ended_at: float = 0.0
-    total_estimate: int = 0
-    reason: str = ""
-    #: The Redis run (INFO server run_id) the cursor belongs to: a SCAN cursor does not survive a restart.
-    run_id: str = ""
     #: Writes still owed to one of two stores when it finished (split topologies; outbox entries).
     outbox_pending: int = 0
+
+    def counts(self, workspace_id: str) -> WorkspaceCounts:
+        return self.workspaces.setdefault(workspace_id, WorkspaceCounts())
+
+    @classmethod
+    def fields_of(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["workspaces"] = {ws: WorkspaceCounts(**c) for ws, c in data.get("workspaces", {}).items()}
+        return data
 
     @property
     def clean(self) -> bool:
@@ -124,26 +115,6 @@ class VerificationRun:
         return self.state == VerificationState.COMPLETED and all(
             c.legacy_covered for c in self.workspaces.values()
         )
-
-    @property
-    def percent_done(self) -> float:
-        if self.state == VerificationState.COMPLETED:
-            return 100.0
-        if self.total_estimate <= 0:
-            return 0.0
-        return min(99.9, 100.0 * (self.scanned_legacy + self.scanned_new) / self.total_estimate)
-
-    def counts(self, workspace_id: str) -> WorkspaceCounts:
-        return self.workspaces.setdefault(workspace_id, WorkspaceCounts())
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> VerificationRun:
-        data = json.loads(text)
-        data["workspaces"] = {ws: WorkspaceCounts(**c) for ws, c in data.get("workspaces", {}).items()}
-        return cls(**data)
 
 
 def _as_record(reply: object) -> Record | None:
@@ -160,12 +131,20 @@ def _own(record: Record | None, job_id: str, workspace_id: str) -> Record | None
     return record
 
 
-class Verifier:
+class Verifier(ScanOperation[VerificationRun]):
+    kind = "verify"
+    noun = "verification"
+    run_type = VerificationRun
+    phases = ("legacy", "new")
+    #: A verification that lost its lease is reported failed (resume continues it): it has no stopped event.
+    stopped = (VerificationState.FAILED, "failed")
+    went_away = VerificationState.INTERRUPTED
+    restarted = RESTARTED
+
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS, metrics: Any = None):
-        self._redis = redis
+        super().__init__(redis, keys, current_key=keys.verification_current, last_key=keys.verification_last)
         #: Where the legacy records are read (their own Redis in a split topology: ``split_verifier``).
         self._legacy = redis
-        self._keys = keys
         self._metrics = metrics
 
     def _new_copy(self, reply: object, job_id: str, workspace_id: str) -> Record | None:
@@ -176,114 +155,29 @@ class Verifier:
             return None
         return _own(new, job_id, workspace_id)
 
-    async def _run_id(self) -> str:
-        return await redis_run_id(self._redis)
-
-    async def _key_count(self) -> int:
-        return await self._redis.dbsize()
-
     async def last(self) -> VerificationRun | None:
         """The last finished verification, else an unfinished one, else None."""
-        for key in (self._keys.verification_last, self._keys.verification_current):
-            raw = await self._redis.get(key)
-            if raw:
-                return VerificationRun.from_json(raw)
-        return None
+        return await self._load(self.last_key) or await self._load(self.current_key)
 
     async def run(
         self, workspace_id: str, rate_limit: float, batch_size: int, resume: bool
     ) -> AsyncIterator[tuple[str, VerificationRun]]:
         """Yields ("started" | "progress" | "completed" | "failed", the run's state)."""
-        run = await self._prepare(workspace_id, rate_limit, batch_size, resume)
-        lease = await take_operation_lease(self._redis, run.verification_id)
-        try:
-            run.state, run.reason = VerificationState.RUNNING, ""
-            current = await self._run_id()
-            if run.run_id and current != run.run_id:
-                await self._begin_again(run)  # resumed after a Redis restart: its cursor means nothing now
-            run.run_id = current
-            await self._save(run)
-            yield "started", run
-            bucket = TokenBucket(run.rate_limit)
-            while run.phase != "done":
-                if lease.lost.is_set():
-                    run.state, run.reason = (
-                        VerificationState.FAILED,
-                        "lost the operation lease; resume to continue",
-                    )
-                    await self._save(run)
-                    yield "failed", run
-                    return
-                try:
-                    await self._batch(run, bucket)
-                except TRANSIENT_STORE_ERRORS:
-                    # A restart closes every connection: the step's own failure says nothing until the
-                    # run id tells whether Redis restarted (then the run fails as RESTARTED, below).
-                    if await self._run_id_after_failure() == run.run_id:
-                        raise
-                if await self._run_id() != run.run_id:
-                    # Keys the old cursor had not reached are unknown: never report such a run clean.
-                    await self._begin_again(run)
-                    run.state, run.reason = VerificationState.FAILED, RESTARTED
-                    await self._save(run)
-                    yield "failed", run
-                    return
-                await self._save(run)
-                yield "progress", run
-            await self._finish(run)
-            log.info(f"verification {run.verification_id} completed", extra={"reason": f"clean={run.clean}"})
-            yield "completed", run
-        except (asyncio.CancelledError, GeneratorExit):
-            run.state, run.reason = VerificationState.INTERRUPTED, "the caller went away; resume to continue"
-            with contextlib.suppress(Exception):
-                await self._save(run)
-            raise
-        finally:
-            await lease.release()
+        check_pace(rate_limit, batch_size)
+        run = await self._prepare(
+            workspace_id=workspace_id, rate_limit=rate_limit, batch_size=batch_size, resume=resume
+        )
+        async for event in self.loop(run):
+            yield event
 
-    async def _begin_again(self, run: VerificationRun) -> None:
+    async def begin_again(self, run: VerificationRun) -> None:
         """Forget the pass so far: the next one starts from the first key, on the current Redis run."""
         run.phase, run.cursor = "legacy", 0
         run.scanned_legacy = run.scanned_new = run.invalid_legacy = 0
         run.workspaces = {}
         run.started_at = await redis_now(self._redis)
 
-    async def _prepare(
-        self, workspace_id: str, rate_limit: float, batch_size: int, resume: bool
-    ) -> VerificationRun:
-        check_rate_limit(rate_limit)
-        check_batch_size(batch_size)
-        if not resume:
-            return VerificationRun(
-                new_operation_id("verify"),
-                workspace_id,
-                rate_limit,
-                batch_size or DEFAULT_BATCH,
-                started_at=await redis_now(self._redis),
-                total_estimate=await self._key_count(),
-                run_id=await self._run_id(),
-            )
-        raw = await self._redis.get(self._keys.verification_current)
-        if not raw:
-            raise FailedPrecondition(
-                "there is no unfinished verification to resume", reason="NOTHING_TO_RESUME"
-            )
-        run = VerificationRun.from_json(raw)
-        if workspace_id and workspace_id != run.workspace_id:
-            raise InvalidArgument("workspace_id", f"must be empty or {run.workspace_id!r} to resume")
-        run.rate_limit = rate_limit or run.rate_limit
-        run.batch_size = batch_size or run.batch_size
-        return run
-
-    async def _save(self, run: VerificationRun) -> None:
-        await self._redis.set(self._keys.verification_current, run.to_json())
-
-    async def _finish(self, run: VerificationRun) -> None:
-        run.state, run.ended_at = VerificationState.COMPLETED, await redis_now(self._redis)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(self._keys.verification_last, run.to_json())
-        pipe.delete(self._keys.verification_current)
-        await pipe.execute()
+    async def finished(self, run: VerificationRun) -> None:
         await record_verification(
             self._redis,
             run.workspace_id,
@@ -293,29 +187,25 @@ class Verifier:
             {ws: (c.clean, c.legacy_covered) for ws, c in run.workspaces.items()},
         )
 
-    async def _run_id_after_failure(self) -> str:
-        """The store's run id, asked again on fresh connections for a few seconds ("" if it stays away)."""
-        for _ in range(20):
-            try:
-                return await self._run_id()
-            except TRANSIENT_STORE_ERRORS:
-                await asyncio.sleep(0.25)
-        return ""
+    def summary(self, run: VerificationRun) -> str:
+        return f"clean={run.clean}"
 
-    async def _batch(self, run: VerificationRun, bucket: TokenBucket) -> None:
+    async def step(self, run: VerificationRun) -> int:
         if run.phase == "legacy":
-            pattern = LEGACY_JOB_PATTERN
-        else:
-            pattern = self._keys.new_job(run.workspace_id, "*") if run.workspace_id else NEW_JOB_PATTERN
-        cursor, keys = await self._redis.scan(run.cursor, match=pattern, count=run.batch_size)
-        await bucket.take(len(keys))
-        if run.phase == "legacy":
+            cursor, keys = await self._legacy.scan(run.cursor, match=LEGACY_JOB_PATTERN, count=run.batch_size)
             await self._legacy_keys(run, keys)
+            run.cursor = int(cursor)
         else:
+            run.cursor, keys = await self._scan_new(run)
             await self._new_keys(run, keys)
-        run.cursor = int(cursor)
         if run.cursor == 0:
             run.phase = "new" if run.phase == "legacy" else "done"
+        return len(keys)
+
+    async def _scan_new(self, run: VerificationRun) -> tuple[int, list[bytes]]:
+        pattern = self._keys.new_job(run.workspace_id, "*") if run.workspace_id else NEW_JOB_PATTERN
+        cursor, keys = await self._redis.scan(run.cursor, match=pattern, count=run.batch_size)
+        return int(cursor), keys
 
     async def _legacy_keys(self, run: VerificationRun, keys: list[bytes]) -> None:
         pipe = self._legacy.pipeline(transaction=False)
@@ -375,21 +265,29 @@ class Verifier:
         await self._check_listed(run, listed)
 
     async def _reread(self, suspects: list[tuple[str, str]]) -> list[tuple[str, str, Record | None, Record]]:
-        """Both copies of each suspect in one atomic read; records whose legacy copy went away are dropped."""
+        """Both copies of each suspect read again; records whose legacy copy went away are dropped."""
         if not suspects:
             return []
+        out: list[tuple[str, str, Record | None, Record]] = []
+        for (job_id, workspace_id), (raw_legacy, new) in zip(
+            suspects, await self._both_copies(suspects), strict=True
+        ):
+            legacy = _own(_as_record(raw_legacy), job_id, workspace_id)
+            if legacy is not None and legacy.get("workspace_id") == workspace_id:
+                out.append((job_id, workspace_id, new, legacy))
+        return out
+
+    async def _both_copies(self, suspects: list[tuple[str, str]]) -> list[tuple[object, Record | None]]:
+        """Each suspect's legacy reply and new copy, in one MULTI: no write falls between the two reads."""
         pipe = self._redis.pipeline(transaction=True)
         for job_id, workspace_id in suspects:
             pipe.hgetall(self._keys.legacy_job(job_id))
             pipe.hgetall(self._keys.new_job(workspace_id, job_id))
-        replies = iter(await pipe.execute(raise_on_error=False))
-        out: list[tuple[str, str, Record | None, Record]] = []
-        for job_id, workspace_id in suspects:
-            legacy = _own(_as_record(next(replies)), job_id, workspace_id)
-            new = self._new_copy(next(replies), job_id, workspace_id)
-            if legacy is not None and legacy.get("workspace_id") == workspace_id:
-                out.append((job_id, workspace_id, new, legacy))
-        return out
+        replies = await pipe.execute(raise_on_error=False)
+        return [
+            (replies[2 * n], self._new_copy(replies[2 * n + 1], job_id, workspace_id))
+            for n, (job_id, workspace_id) in enumerate(suspects)
+        ]
 
     async def _check_listed(self, run: VerificationRun, records: list[tuple[str, str, Record]]) -> None:
         if not records:
@@ -415,15 +313,9 @@ class Verifier:
                 entries.append((workspace_id, job_id))
         if not entries:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for workspace_id, job_id in entries:
-            pipe.hget(self._keys.legacy_job(job_id), "workspace_id")
-            pipe.exists(self._keys.new_job(workspace_id, job_id))
-            pipe.hmget(self._keys.new_job(workspace_id, job_id), ["enqueued_at", "workspace_id"])
-        replies = iter(await pipe.execute(raise_on_error=False))
         alone: list[tuple[str, str, Record]] = []
-        for workspace_id, job_id in entries:
-            legacy_workspace, exists, fields = next(replies), next(replies), next(replies)
+        facts = await self._new_key_facts(entries)
+        for (workspace_id, job_id), (legacy_workspace, exists, fields) in zip(entries, facts, strict=True):
             if not exists or isinstance(fields, Exception):
                 continue  # deleted since the SCAN, or not a hash: not a job record of ours
             enqueued_at, owner = fields
@@ -441,3 +333,14 @@ class Verifier:
             when = enqueued_at.decode("utf-8", "replace") if enqueued_at else ""
             alone.append((job_id, workspace_id, {"enqueued_at": when}))
         await self._check_listed(run, alone)
+
+    async def _new_key_facts(self, entries: list[tuple[str, str]]) -> list[tuple[Any, Any, Any]]:
+        """Per (workspace, job) of the new pass: the legacy copy's workspace_id, whether the new key
+        exists, and its [enqueued_at, workspace_id] (or the error of a key that is not a hash)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for workspace_id, job_id in entries:
+            pipe.hget(self._keys.legacy_job(job_id), "workspace_id")
+            pipe.exists(self._keys.new_job(workspace_id, job_id))
+            pipe.hmget(self._keys.new_job(workspace_id, job_id), ["enqueued_at", "workspace_id"])
+        replies = await pipe.execute(raise_on_error=False)
+        return [(replies[n], replies[n + 1], replies[n + 2]) for n in range(0, len(replies), 3)]

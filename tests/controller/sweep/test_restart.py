@@ -33,7 +33,7 @@ async def test_a_redis_restart_mid_scan_fails_the_reverse_copy_and_resume_covers
         )
         events: list[tuple[str, str, str]] = []
         try:
-            async for kind, state in sweep.run(first):
+            async for kind, state in sweep.loop(first):
                 events.append((kind, state.state, state.reason))
                 if kind == "progress" and state.scanned >= NEW // 3 and ("restarted", "", "") not in events:
                     # The generator waits at this yield: its next SCAN step runs on the restarted Redis.
@@ -51,7 +51,7 @@ async def test_a_redis_restart_mid_scan_fails_the_reverse_copy_and_resume_covers
         # The resume begins again at the first phase's cursor 0: in prepare (the run saw the restart) or
         # in run (it died on a dropped connection first, and finds the run_id changed).
         scanned_before = again.scanned
-        final = [kind async for kind, _ in sweep.run(again)]
+        final = [kind async for kind, _ in sweep.loop(again)]
         assert final[-1] == "completed"
         assert again.scanned - scanned_before == NEW  # the pass from the start saw every key once
     finally:
