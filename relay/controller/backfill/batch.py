@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from relay.controller.backfill.copy_stream import CopyStream
 from relay.controller.backfill.state import COUNT_FIELDS, INVALID_IDS_KEPT
 from relay.controller.common.redis_run import ask_run_id, run_id_of
 from relay.core import codec
@@ -199,6 +200,7 @@ class BatchCopier:
     """Calls ``COPY_BATCH`` for one batch: executing (with the checkpoint) or as a read-only dry run."""
 
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
+        self._redis = redis
         self._lua = LuaScripts(redis)
         self._keys = keys
 
@@ -265,6 +267,27 @@ class BatchCopier:
     ) -> CopyReply:
         keys, args = self._arguments(batch, backfill_id, False, token, batches_before, checkpoint)
         return _parse(await self._lua.call(COPY_BATCH, keys, args), executing=True)
+
+    def stream(self) -> CopyStream:
+        """A connection of its own to pipeline ``send`` on."""
+        return CopyStream(self._redis, self._lua)
+
+    async def send(
+        self,
+        stream: CopyStream,
+        batch: Batch,
+        backfill_id: str,
+        token: str,
+        batches_before: int,
+        checkpoint: dict[str, str],
+    ) -> None:
+        """``copy`` without waiting for its reply: ``answer`` reads it (replies come in send order)."""
+        keys, args = self._arguments(batch, backfill_id, False, token, batches_before, checkpoint)
+        await stream.send(COPY_BATCH, keys, args)
+
+    async def answer(self, stream: CopyStream, batch: Batch) -> CopyReply:
+        """The reply of ``batch``'s ``send``, the oldest one ``stream`` has not answered yet."""
+        return _parse(await stream.reply(), executing=True)
 
     async def decide(self, batch: Batch, backfill_id: str) -> CopyReply:
         """What ``copy`` would do, read-only."""
