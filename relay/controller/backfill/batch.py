@@ -90,15 +90,22 @@ class BatchReader:
         self._keys = keys
         self._workspaces: dict[bytes, str | None] = {}
 
-    async def read(self, cursor: str, count: int, skip: frozenset[bytes], limit: int | None) -> Batch:
-        """One SCAN step from ``cursor``; at most ``limit`` keys are handled (the rest is cut off)."""
-        # One pipeline on one connection: a restart between the two answers breaks the call (retried).
-        pipe = self._redis.pipeline(transaction=False)
-        ask_run_id(pipe)
-        pipe.scan(int(cursor), match=LEGACY_JOB_PATTERN, count=count)
-        info, step = await pipe.execute(raise_on_error=False)
-        if isinstance(step, Exception):
-            raise step
+    async def read(
+        self, cursor: str, count: int, skip: frozenset[bytes], limit: int | None, run_id: str | None = None
+    ) -> Batch:
+        """One SCAN step from ``cursor``; at most ``limit`` keys are handled (the rest is cut off). The step
+        is taken to be answered by Redis run ``run_id`` when given, else Redis is asked."""
+        if run_id is None:
+            # One pipeline on one connection: a restart between the two answers breaks the call (retried).
+            pipe = self._redis.pipeline(transaction=False)
+            ask_run_id(pipe)
+            pipe.scan(int(cursor), match=LEGACY_JOB_PATTERN, count=count)
+            info, step = await pipe.execute(raise_on_error=False)
+            if isinstance(step, Exception):
+                raise step
+            run_id = run_id_of(info)
+        else:
+            step = await self._redis.scan(int(cursor), match=LEGACY_JOB_PATTERN, count=count)
         next_cursor, raw_keys = step
         seen: set[bytes] = set()
         keys: list[bytes] = []
@@ -116,10 +123,17 @@ class BatchReader:
             len(keys),
             len(raw_keys),
             skipped_keys=skipped,
-            run_id=run_id_of(info),
+            run_id=run_id,
         )
         await self._classify(batch, keys, limit)
         return batch
+
+    async def run_id(self) -> str:
+        """The Redis run answering now."""
+        pipe = self._redis.pipeline(transaction=False)
+        ask_run_id(pipe)
+        (info,) = await pipe.execute(raise_on_error=False)
+        return run_id_of(info)
 
     async def reread(self, batch: Batch) -> Batch:
         """The same keys read again (the copy found one changed since the read)."""

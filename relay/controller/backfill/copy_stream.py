@@ -14,6 +14,7 @@ from typing import Any
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from relay.core.lua import LuaScripts
@@ -43,7 +44,7 @@ class CopyStream:
     async def reply(self) -> Any:
         """The reply of the oldest call not yet answered; its error reply is raised."""
         if self._connection is None or self.pending <= 0:
-            raise ConnectionError("no call is waiting for its reply on this connection")
+            raise RedisConnectionError("no call is waiting for its reply on this connection")
         self.pending -= 1
         try:
             return await self._connection.read_response()
