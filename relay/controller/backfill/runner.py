@@ -265,6 +265,7 @@ class BackfillRunner:
                 raise Fenced("another controller took the backfill over")
         log.warning("backfill scans again: Redis restarted", extra={"backfill_id": rec.backfill_id})
         rec.adopt(fresh)
+        self._copies.restart()  # the new pass counts from 0
         self._continuation.clear()
         self._pacing.restart(from_start=True)
         self._publish(pb.BACKFILL_EVENT_KIND_THROTTLED, reason)
