@@ -115,8 +115,7 @@ for i = 5, #ARGV do
     local exists = theirs or redis.call('EXISTS', new) == 1
     local mine = tonumber(r[3] or '0') or 0
     if not exists or (tonumber(theirs) or 0) < mine then
-      if exists then redis.call('DEL', new) end
-      redis.call('HSET', new, unpack(redis.call('HGETALL', legacy)))
+      redis.call('COPY', legacy, new, 'REPLACE')  -- the whole hash at once, as Relay's copy does
       copied = copied + 1
     end
     redis.call('ZADD', index_prefix .. ws .. index_suffix, 0, string.format('%016d|%s', micros(r[2]), job_id))

@@ -12,9 +12,10 @@ from the recorded cursor. (SCAN itself may return a key twice when the keyspace 
 scan; such a key is counted again, as skipped "exists".)
 
 A Redis restart (or failover) voids the checkpoint: Redis seeds its hash function anew at every start, so
-an old SCAN cursor covers other keys. Each SCAN step is read with Redis' run_id on one connection; when
-the run_id differs from the one recorded with the cursor, the scan begins again from "0" as a new pass
-(``BACKFILL_RESCAN``), so a completion always follows a pass that ran wholly on one Redis run.
+an old SCAN cursor covers other keys. SCAN steps are read with Redis' run_id on one connection (at least
+every half second, and after the last step: ``read_ahead``); when the run_id differs from the one recorded
+with the cursor, the scan begins again from "0" as a new pass (``BACKFILL_RESCAN``), so a completion
+always follows a pass that ran wholly on one Redis run.
 
 A dry run makes the same decisions with the same script run read-only, and keeps its state in this
 process's memory: it writes nothing to Redis at all, so it takes no lease and cannot be watched or

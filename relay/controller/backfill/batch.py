@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from relay.controller.backfill.copy_stream import CopyStream
 from relay.controller.backfill.state import COUNT_FIELDS, INVALID_IDS_KEPT
 from relay.controller.common.redis_run import ask_run_id, run_id_of
 from relay.core import codec
@@ -89,15 +90,22 @@ class BatchReader:
         self._keys = keys
         self._workspaces: dict[bytes, str | None] = {}
 
-    async def read(self, cursor: str, count: int, skip: frozenset[bytes], limit: int | None) -> Batch:
-        """One SCAN step from ``cursor``; at most ``limit`` keys are handled (the rest is cut off)."""
-        # One pipeline on one connection: a restart between the two answers breaks the call (retried).
-        pipe = self._redis.pipeline(transaction=False)
-        ask_run_id(pipe)
-        pipe.scan(int(cursor), match=LEGACY_JOB_PATTERN, count=count)
-        info, step = await pipe.execute(raise_on_error=False)
-        if isinstance(step, Exception):
-            raise step
+    async def read(
+        self, cursor: str, count: int, skip: frozenset[bytes], limit: int | None, run_id: str | None = None
+    ) -> Batch:
+        """One SCAN step from ``cursor``; at most ``limit`` keys are handled (the rest is cut off). The step
+        is taken to be answered by Redis run ``run_id`` when given, else Redis is asked."""
+        if run_id is None:
+            # One pipeline on one connection: a restart between the two answers breaks the call (retried).
+            pipe = self._redis.pipeline(transaction=False)
+            ask_run_id(pipe)
+            pipe.scan(int(cursor), match=LEGACY_JOB_PATTERN, count=count)
+            info, step = await pipe.execute(raise_on_error=False)
+            if isinstance(step, Exception):
+                raise step
+            run_id = run_id_of(info)
+        else:
+            step = await self._redis.scan(int(cursor), match=LEGACY_JOB_PATTERN, count=count)
         next_cursor, raw_keys = step
         seen: set[bytes] = set()
         keys: list[bytes] = []
@@ -115,10 +123,17 @@ class BatchReader:
             len(keys),
             len(raw_keys),
             skipped_keys=skipped,
-            run_id=run_id_of(info),
+            run_id=run_id,
         )
         await self._classify(batch, keys, limit)
         return batch
+
+    async def run_id(self) -> str:
+        """The Redis run answering now."""
+        pipe = self._redis.pipeline(transaction=False)
+        ask_run_id(pipe)
+        (info,) = await pipe.execute(raise_on_error=False)
+        return run_id_of(info)
 
     async def reread(self, batch: Batch) -> Batch:
         """The same keys read again (the copy found one changed since the read)."""
@@ -199,6 +214,7 @@ class BatchCopier:
     """Calls ``COPY_BATCH`` for one batch: executing (with the checkpoint) or as a read-only dry run."""
 
     def __init__(self, redis: Redis, keys: KeyLayout = KEYS):
+        self._redis = redis
         self._lua = LuaScripts(redis)
         self._keys = keys
 
@@ -265,6 +281,27 @@ class BatchCopier:
     ) -> CopyReply:
         keys, args = self._arguments(batch, backfill_id, False, token, batches_before, checkpoint)
         return _parse(await self._lua.call(COPY_BATCH, keys, args), executing=True)
+
+    def stream(self) -> CopyStream:
+        """A connection of its own to pipeline ``send`` on."""
+        return CopyStream(self._redis, self._lua)
+
+    async def send(
+        self,
+        stream: CopyStream,
+        batch: Batch,
+        backfill_id: str,
+        token: str,
+        batches_before: int,
+        checkpoint: dict[str, str],
+    ) -> None:
+        """``copy`` without waiting for its reply: ``answer`` reads it (replies come in send order)."""
+        keys, args = self._arguments(batch, backfill_id, False, token, batches_before, checkpoint)
+        await stream.send(COPY_BATCH, keys, args)
+
+    async def answer(self, stream: CopyStream, batch: Batch) -> CopyReply:
+        """The reply of ``batch``'s ``send``, the oldest one ``stream`` has not answered yet."""
+        return _parse(await stream.reply(), executing=True)
 
     async def decide(self, batch: Batch, backfill_id: str) -> CopyReply:
         """What ``copy`` would do, read-only."""

@@ -1,11 +1,21 @@
 """The batches of one backfill, scanned and read ahead while the current one is copied, so Redis never
 waits for this process. What they read may change before their copy: COPY_BATCH re-checks it inside Redis.
+
+Which Redis run answers (INFO server, in one pipeline with the SCAN step) is asked at the first step, at
+least every ``RUN_ID_EVERY_SECONDS``, after a failed read and once more after the step that ends the scan;
+the steps between are taken to be the same run's. Asked at every step, INFO (its reply built by Redis and
+parsed here) cost more than a small batch's SCAN. A restart is so found at most that long late: the steps
+taken meanwhile are copied as any others (a copy is right whatever cursor found its key) and the scan
+begins again from "0" as a new pass, which counts every key once; a pass that ends has been confirmed on
+one run after its last step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import time
 from collections.abc import Callable
 
 from relay.controller.backfill.batch import Batch, BatchReader
@@ -18,6 +28,8 @@ from relay.controller.backfill.state import BackfillRecord
 MAX_SCAN_FACTOR = 20
 #: Batches scanned and read ahead of the one being copied.
 READ_AHEAD = 2
+#: The Redis run is asked again after this long (see above).
+RUN_ID_EVERY_SECONDS = 0.5
 
 
 class ReadAhead:
@@ -37,9 +49,12 @@ class ReadAhead:
         self._match_ratio = 1.0
         self._queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
         self._task: asyncio.Task[None] | None = None
+        self._run_id = ""
+        self._asked = -math.inf  # when the Redis run was last asked
 
     def start(self) -> None:
         """Read on from the record's cursor (dropping whatever an earlier start read)."""
+        self._asked = -math.inf
         self._queue = asyncio.Queue(maxsize=READ_AHEAD)
         self._task = asyncio.create_task(self._run(self._queue))
 
@@ -72,7 +87,17 @@ class ReadAhead:
         count = max(1, min(int(size / self._match_ratio), size * MAX_SCAN_FACTOR))
         if limit is not None:
             count = max(1, min(count, int(limit / self._match_ratio) + 1))
-        batch = await self._reader.read(cursor, count, skip or frozenset(), limit)
+        now = time.monotonic()
+        known = self._run_id if now - self._asked < RUN_ID_EVERY_SECONDS else None
+        try:
+            batch = await self._reader.read(cursor, count, skip or frozenset(), limit, known)
+            if known is not None and batch.last:
+                batch.run_id = await self._reader.run_id()  # the pass ends: on the run it began on?
+        except BaseException:
+            self._asked = -math.inf  # a reconnect may follow: the next step asks
+            raise
+        if known is None:
+            self._run_id, self._asked = batch.run_id, now
         if self._plan is not None:
             self._plan(batch)  # the copy's arguments, built now, while Redis runs the previous batch's copy
         if batch.cursor_to != "0":

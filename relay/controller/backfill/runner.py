@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 
 from redis.asyncio import Redis
 
-from relay.controller.backfill.batch import Batch, BatchReader, CopyReply
+from relay.controller.backfill.batch import Batch, BatchCopier, BatchReader, CopyReply
 from relay.controller.backfill.continuation import Continuation
 from relay.controller.backfill.events import EventHub, make_event
+from relay.controller.backfill.in_flight import InFlight
 from relay.controller.backfill.pacing import Pacing
 from relay.controller.backfill.read_ahead import ReadAhead
-from relay.controller.backfill.retry import retrying, stop_task
+from relay.controller.backfill.retry import retrying
 from relay.controller.backfill.signals import Cancelled, Stopping
 from relay.controller.backfill.split_batch import batch_copier
 from relay.controller.backfill.state import (
@@ -52,8 +52,6 @@ from relay.v1 import backfill_pb2 as pb
 
 log = logging.getLogger("relay.backfill")
 
-#: Times a batch is read again when the copy finds it changed since the read.
-STALE_RETRIES = 5
 PROGRESS_MIN_SECONDS = 0.5
 PROGRESS_MAX_SECONDS = 1.0
 PROGRESS_MAX_KEYS = 5000
@@ -102,6 +100,11 @@ class BackfillRunner:
         self._read_ahead = ReadAhead(
             record, self._reader, self._pacing, self._continuation, plan=self._copier.plan
         )
+        stream = self._copier.stream() if isinstance(self._copier, BatchCopier) else None
+        self._copies = InFlight(
+            record, self._reader, self._copier, store, self._pacing, self._continuation, stream
+        )
+        self._last_control = ""  # the operator's request as the last reply said
         self.task: asyncio.Task[None] | None = None
         #: The run reached its end (its final state is recorded); ``done`` follows once its task ends.
         self.finished = False
@@ -170,55 +173,50 @@ class BackfillRunner:
         self._pacing.apply_rate()
         if not rec.scan_done:
             self._read_ahead.start()
-            held: Batch | None = None  # read ahead, to be sent once the previous batch is recorded
-            sending: asyncio.Task[tuple[Batch, CopyReply, float]] | None = None
+            self._copies.restart()
+            held: Batch | BaseException | None = None  # read ahead, handled once nothing is in flight
             try:
                 while True:
-                    if sending is None:
+                    if not self._copies:
                         await self._obey()
                         batch = await self._next_batch(held)
                         held = None
                         if batch is None:
                             continue
                         await self._pacing.bucket.take(batch.examined)
-                        sending = self._send(batch, rec.batches, rec.counts.scanned)
-                    batch, reply, seconds = await sending
-                    sending = None
-                    if not batch.last and self._may_send_early(reply):
-                        # Unthrottled: send the next batch before recording this one, so Redis never
-                        # waits for this process. It expects one batch more than recorded here so far.
-                        ahead = await self._read_ahead.get()
-                        if isinstance(ahead, Batch) and ahead.run_id and ahead.run_id == rec.run_id:
-                            scanned = reply.counts.get("scanned", rec.counts.scanned + len(batch.items))
-                            sending = self._send(ahead, rec.batches + 1, scanned)
-                        else:
-                            held = ahead  # an error, or another Redis run: handled in order, below
+                        await self._copies.send(batch)
+                    held = await self._send_ahead(held)
+                    batch, reply, seconds = await self._copies.next()
+                    self._last_control = reply.control
+                    held = await self._send_ahead(held)
                     self._record(batch, reply, seconds)
                     if rec.scan_done:
                         break
                     await self._probe()
                     self._maybe_progress()
             finally:
-                if sending is not None:
-                    await stop_task(sending)
+                await self._copies.stop()
                 await self._read_ahead.stop()
         await self._complete()
 
-    def _send(
-        self, batch: Batch, before: int, scanned_before: int
-    ) -> asyncio.Task[tuple[Batch, CopyReply, float]]:
-        """Copy ``batch`` in the background; ``before`` is the number of batches recorded before it."""
+    async def _send_ahead(self, held: Batch | BaseException | None) -> Batch | BaseException | None:
+        """Unthrottled: send the next batches before the previous ones are answered and recorded (as many
+        as the copies allow in flight), so Redis never waits for this process."""
+        rec = self.record
+        while held is None and not self._copies.full and self._may_send_early():
+            last = self._copies.last_sent
+            if last is None or last.last:
+                break
+            ahead = await self._read_ahead.get()
+            if isinstance(ahead, Batch) and ahead.run_id and ahead.run_id == rec.run_id:
+                await self._copies.send(ahead)
+            else:
+                return ahead  # an error, or another Redis run: handled in order, once nothing is in flight
+        return held
 
-        async def send() -> tuple[Batch, CopyReply, float]:
-            started = time.monotonic()
-            done, reply = await self._apply(batch, before, scanned_before)
-            return done, reply, time.monotonic() - started
-
-        return asyncio.create_task(send())
-
-    def _may_send_early(self, reply: CopyReply) -> bool:
+    def _may_send_early(self) -> bool:
         """Nothing asks the loop to stop between these two batches, and no rate limit spaces them."""
-        control = self.record.control or ("" if self.dry else reply.control)
+        control = self.record.control or ("" if self.dry else self._last_control)
         lost = self._lease is not None and self._lease.lost.is_set()
         return not (self._stopping or lost or control or self._pacing.effective_rate() > 0)
 
@@ -267,49 +265,10 @@ class BackfillRunner:
                 raise Fenced("another controller took the backfill over")
         log.warning("backfill scans again: Redis restarted", extra={"backfill_id": rec.backfill_id})
         rec.adopt(fresh)
+        self._copies.restart()  # the new pass counts from 0
         self._continuation.clear()
         self._pacing.restart(from_start=True)
         self._publish(pb.BACKFILL_EVENT_KIND_THROTTLED, reason)
-
-    async def _apply(self, batch: Batch, before: int, scanned_before: int) -> tuple[Batch, CopyReply]:
-        for _ in range(STALE_RETRIES + 1):
-            if self.dry:
-                reply = await retrying(functools.partial(self._copier.decide, batch, self.record.backfill_id))
-            else:
-                reply = await self._copy(batch, before, scanned_before)
-            if reply.status == "OK":
-                return batch, reply
-            if reply.status == "FENCED":
-                raise Fenced("another controller took the backfill over")
-            batch = await retrying(functools.partial(self._reader.reread, batch))
-        raise RuntimeError(f"the legacy records of a batch kept changing during {STALE_RETRIES + 1} copies")
-
-    async def _copy(self, batch: Batch, before: int, scanned_before: int) -> CopyReply:
-        rec = self.record
-        fields = self._checkpoint(batch, scanned_before)
-        reply = await retrying(lambda: self._copier.copy(batch, rec.backfill_id, rec.token, before, fields))
-        if reply.status != "FENCED":
-            return reply
-        # Sent again after a dropped connection (by us or by the client library), the batch may already
-        # have gone through: then the state holds our token and one batch more. Take its counts from there.
-        stored = await retrying(lambda: self._store.load(rec.backfill_id))
-        if stored is None or stored.token != rec.token or stored.batches != before + 1:
-            return reply
-        rec.invalid_ids = stored.invalid_ids
-        counts = {name: getattr(stored.counts, name) for name in COUNT_FIELDS}
-        return CopyReply("OK", "", counts, stored.control, stored.rate_limit_now, stored.batch_size_now)
-
-    def _checkpoint(self, batch: Batch, scanned_before: int) -> dict[str, str]:
-        scanned_after = scanned_before + len(batch.items)
-        fields = {
-            "cursor": batch.cursor_to,
-            "update_time": codec.now_iso(),
-            "rate": repr(self._pacing.rate_with(scanned_after)),
-            "total_estimate": str(self._pacing.estimate(batch.cursor_to, scanned_after)),
-        }
-        if batch.last:
-            fields.update(self._continuation.end_fields(batch))
-        return fields
 
     def _record(self, batch: Batch, reply: CopyReply, seconds: float) -> None:
         rec = self.record

@@ -4,16 +4,19 @@
 Redis runs one script at a time, and every live command that arrives meanwhile waits for it: the length
 of a batch's script is what JobService's p99 pays during a backfill. Each script reports how long it ran
 (its own ``TIME`` delta, or, when it cannot, the client's wall time of the call, an overestimate); the
-budget keeps the cost of one key (the median of the last few scripts: it follows a real change within a
-few batches, and one script that Redis' process spent descheduled on a busy machine does not shrink the
-batches that follow) and proposes the batch that fills a share of the budget. With a fixed cost ``a``
+budget keeps the cost of one key (the lower quartile of the last few scripts: it follows a real change
+within a few batches, and neither one fast script nor the scripts that Redis' process spent partly
+descheduled on a busy machine size the batches that follow) and proposes the batch that fills a share of
+the budget. A script's wall time holds the time Redis waited for a CPU, which does not grow with the batch
+and which live commands wait for as well without a backfill: on a shared machine half the scripts took
+more than twice as long per key as the least disturbed ones, and a median sized the batches by that
+wait (the latency brake still takes every script's whole wall time). With a fixed cost ``a``
 per script and ``b`` per key, sizing by the measured cost per key converges on
 ``a + b * n = TARGET_SHARE * budget``.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -27,7 +30,7 @@ TARGET_SHARE = 0.8
 FIRST_BATCH = 64
 #: A batch grows at most by this factor per measured script (a shrink is immediate).
 GROWTH = 2.0
-#: Scripts whose median cost per key sizes the next batch.
+#: Scripts whose lower-quartile cost per key sizes the next batch.
 WINDOW = 5
 
 
@@ -64,7 +67,7 @@ class ScriptBudget:
         if self.enabled and seconds > self.budget:
             self.over_budget += 1
         self._costs.append(seconds / keys)
-        self._per_key = statistics.median(self._costs)
+        self._per_key = sorted(self._costs)[len(self._costs) // 4]
         self._last_keys = keys
 
     def size(self, cap: int) -> int:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from relay.core.lua.helpers import COPY_DECISION as _COPY_DECISION
+
 READ_BATCH = """
 -- Read-only: what the backfill needs of each legacy key of one SCAN step to build its new key and index
 -- entry. One call instead of a pipeline of HMGETs, which would cost the controller far more to encode
@@ -23,7 +25,8 @@ end
 return out
 """
 
-COPY_BATCH = """
+COPY_BATCH = (
+    """
 -- Copy one SCAN batch of legacy job records to the new layout, index them, and record the batch in the
 -- backfill's checkpoint and counts: one atomic step, so a crash can neither lose a batch nor count one
 -- twice, and a live UpdateJobStatus (which sets every existing copy) lands wholly before or after it.
@@ -55,6 +58,9 @@ local n_invalid = tonumber(ARGV[8])     -- items that could not be placed
 -- backfill. Outcomes hold one letter per item, candidates then the others: m migrated, e exists,
 -- n newer, i invalid, v vanished (deleted since the scan), x error (the new key or the index holds
 -- another type). micros: how long the script ran by Redis' clock (the backfill sizes batches by it).
+"""
+    + _COPY_DECISION
+    + """
 local started = redis.call('TIME')
 local function micros()
   local t = redis.call('TIME')
@@ -109,19 +115,8 @@ for w = 1, n_ws do
       if r[1] ~= workspace_id or not same(enq_read, r[2]) then return {'STALE'} end
       if not index_ok then
         out = 'x'
-      elseif redis.call('EXISTS', new_key) == 0 then
-        out, act = 'm', 1
       else
-        local theirs = redis.pcall('HGET', new_key, 'rev')
-        if type(theirs) == 'table' then
-          out = 'x'  -- the new key is not a hash
-        else
-          local mine = tonumber(r[3] or '0') or 0
-          theirs = tonumber(theirs or '0') or 0
-          if theirs < mine then out, act = 'm', 2
-          elseif theirs == mine then out, act = 'e', 3
-          else out, act = 'n', 3 end
-        end
+        out, act = copy_decision(new_key, tonumber(r[3] or '0') or 0)
       end
     end
     if act then
@@ -166,11 +161,15 @@ for n = 1, #acts do
     end
   else
     local legacy, new_key = KEYS[at[n]], KEYS[at[n] + 1]
-    if act ~= 3 then  -- 1 copy, 2 replace an older copy (whole), 3 index only
-      if act == 2 then redis.call('DEL', new_key) end
-      local flat = redis.call('HGETALL', legacy)
-      -- in slices, so a record with thousands of fields stays within Lua's unpack limit
-      for s = 1, #flat, 1000 do redis.call('HSET', new_key, unpack(flat, s, math.min(s + 999, #flat))) end
+    -- 1 copy, 2 replace an older copy (whole), 3 index only. COPY duplicates the hash as Redis keeps it,
+    -- where HGETALL and HSET passed every field through Lua twice (the most of a copy's cost); it also
+    -- copies a TTL, which the copy must not have (a record written by HSET has none).
+    if act == 1 then
+      redis.call('COPY', legacy, new_key)
+      redis.call('PERSIST', new_key)
+    elseif act == 2 then
+      redis.call('COPY', legacy, new_key, 'REPLACE')
+      redis.call('PERSIST', new_key)
     end
     if redis.call('ZADD', KEYS[2 + ws_of[n]], 0, members[n]) == 1 then
       redis.call('ZADD', KEYS[2 + n_ws + ws_of[n]], now, members[n])
@@ -190,6 +189,7 @@ table.insert(reply, 1, 'OK')
 reply[#reply + 1] = micros()
 return reply
 """
+)
 
 BACKFILL_CREATE = """
 -- Record a new backfill as the current one, only while its creator holds the backfill lease.

@@ -37,3 +37,18 @@ local function put_legacy(key, workspace_id, job_id, t, first, last)
   redis.call('HSETNX', key, 'job_id', job_id)
 end
 """
+
+# What a copy of a legacy record of revision ``mine`` does at ``new_key``: 'm' with act 1 (missing) or 2
+# (an older copy there, replaced whole); 'e' (the same rev) or 'n' (newer) with act 3, which indexes it and
+# writes nothing; 'x' with no act when the new key holds another type. Never overwriting a newer record
+# is this comparison: every copying script decides through it.
+COPY_DECISION = """
+local function copy_decision(new_key, mine)
+  if redis.call('EXISTS', new_key) == 0 then return 'm', 1 end
+  local theirs = redis.pcall('HGET', new_key, 'rev')
+  if type(theirs) == 'table' then return 'x', nil end
+  theirs = tonumber(theirs or '0') or 0
+  if theirs < mine then return 'm', 2 elseif theirs == mine then return 'e', 3 end
+  return 'n', 3
+end
+"""

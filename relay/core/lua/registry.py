@@ -69,6 +69,11 @@ class LuaScripts:
     async def call(self, script: str, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
         return await self._scripts[script](keys=list(keys), args=list(args))
 
+    def evalsha_command(self, script: str, keys: Sequence[Arg], args: Sequence[Arg]) -> tuple[Arg, ...]:
+        """``call``'s EVALSHA as one command, for a caller that pipelines calls on a connection of its own
+        and reads their replies in order (on NOSCRIPT it calls ``call``, which loads the script)."""
+        return ("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
+
     async def call_ro(self, script: str, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
         sha = self._scripts[script].sha
         if self._read_only_supported:

@@ -9,6 +9,7 @@ script says why its check is enough.
 
 from __future__ import annotations
 
+from relay.core.lua.helpers import COPY_DECISION as _COPY_DECISION
 from relay.core.lua.helpers import RECORD_HELPERS as _RECORD_HELPERS
 
 READ_LEGACY_RECORDS = """
@@ -23,7 +24,8 @@ end
 return out
 """
 
-BACKFILL_COPY_WORKSPACE = """
+BACKFILL_COPY_WORKSPACE = (
+    """
 -- On the new store, in ONE workspace's slot: copy that workspace's share of a backfill batch (records read
 -- from the legacy store), index it, and remember what this batch applied here, so that a batch replayed
 -- after a crash (the checkpoint in the global slot is written after this) is counted once.
@@ -43,6 +45,9 @@ local ttl = tonumber(ARGV[3])      -- seconds the applied hash outlives its last
 -- Returns {outcomes, acts}: one letter per item each. Outcomes are what the batch counts (m migrated,
 -- e exists, n newer, x error: the new key or the index holds another type), taken from an earlier attempt
 -- of the same batch when there was one; acts say what this call did ('c' wrote the record, '-' not).
+"""
+    + _COPY_DECISION
+    + """
 local function parse(text, into)
   if text then
     for job, letter in string.gmatch(text, '([^ :]+):(%a)') do into[job] = letter end
@@ -68,19 +73,7 @@ for i = 1, #KEYS - 3 do
   local first, last = a + 4, a + 3 + 2 * n
   a = last + 1
   local out, act = 'x', nil
-  if index_ok then
-    if redis.call('EXISTS', key) == 0 then
-      out, act = 'm', 1
-    else
-      local theirs = redis.pcall('HGET', key, 'rev')
-      if type(theirs) ~= 'table' then
-        theirs = tonumber(theirs or '0') or 0
-        if theirs < mine then out, act = 'm', 2
-        elseif theirs == mine then out, act = 'e', 3
-        else out, act = 'n', 3 end
-      end
-    end
-  end
+  if index_ok then out, act = copy_decision(key, mine) end
   local reported = prior[job_id] or carry[job_id] or out
   carry[job_id] = nil
   here[job_id] = true
@@ -116,6 +109,7 @@ if not dry then
 end
 return {table.concat(outcomes), table.concat(acts)}
 """
+)
 
 BACKFILL_RECOPY = """
 -- On the new store: copy a legacy record again that changed after the backfill read and copied it (the

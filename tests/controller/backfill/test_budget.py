@@ -10,6 +10,7 @@ import statistics
 import pytest
 
 from relay.controller.backfill.batch import BatchCopier, BatchReader
+from relay.controller.backfill.in_flight import DEPTH
 from relay.controller.common.script_budget import FIRST_BATCH, WINDOW, ScriptBudget, timed_script
 from relay.core.config import Settings
 from relay.core.keys import KEYS
@@ -92,12 +93,11 @@ def slowed_copies(
     monkeypatch: pytest.MonkeyPatch, per_key_seconds: float, sizes: list[int]
 ) -> dict[str, float]:
     """Every COPY_BATCH call takes ``per_key_seconds`` longer per key, and says so as its script time;
-    returns the knob (``["per_key"]``) that changes it."""
-    original = BatchCopier.copy
+    returns the knob (``["per_key"]``) that changes it. Both ways of calling it are slowed: ``copy``
+    (one call) and ``answer`` (the reply of one pipelined on a stream)."""
     slow = {"per_key": per_key_seconds}
 
-    async def copy(self, batch, *args, **kwargs):  # type: ignore[no-untyped-def]
-        reply = await original(self, batch, *args, **kwargs)
+    async def slowed(batch, reply):  # type: ignore[no-untyped-def]
         extra = slow["per_key"] * len(batch.items)
         if extra:
             await asyncio.sleep(extra)
@@ -106,7 +106,16 @@ def slowed_copies(
         sizes.append(len(batch.items))
         return reply
 
-    monkeypatch.setattr(BatchCopier, "copy", copy)
+    copy, answer = BatchCopier.copy, BatchCopier.answer
+
+    async def slow_copy(self, batch, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return await slowed(batch, await copy(self, batch, *args, **kwargs))
+
+    async def slow_answer(self, stream, batch):  # type: ignore[no-untyped-def]
+        return await slowed(batch, await answer(self, stream, batch))
+
+    monkeypatch.setattr(BatchCopier, "copy", slow_copy)
+    monkeypatch.setattr(BatchCopier, "answer", slow_answer)
     return slow
 
 
@@ -126,9 +135,9 @@ async def test_batches_shrink_when_the_copy_script_takes_longer(  # type: ignore
     assert events[-1].kind == bpb.BACKFILL_EVENT_KIND_COMPLETED
     assert events[-1].backfill.progress.migrated == 2000
     assert sum(sizes) == 2000
-    # The first four batches were read before any script was measured (two wait in the read-ahead queue,
-    # one waits to join it, one is being copied).
-    steady = sizes[4:]
+    # The first batches were read before any script was measured: DEPTH are being copied, one more is sent
+    # as the first reply arrives (before it is recorded), two wait in the read-ahead queue, one is read.
+    steady = sizes[DEPTH + 4 :]
     if per_key_us:
         # 200 µs per key: about 8 keys fill 80% of 2 ms (SCAN may return a few keys more than asked)
         assert max(steady) <= 20, sizes
