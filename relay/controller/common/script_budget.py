@@ -3,21 +3,19 @@
 
 Redis runs one script at a time, and every live command that arrives meanwhile waits for it: the length
 of a batch's script is what JobService's p99 pays during a backfill. Each script reports how long it ran
-(its own ``TIME`` delta, or, when it cannot, the client's wall time of the call, an overestimate); the
-budget keeps the cost of one key (the lower quartile of the last few scripts: it follows a real change
-within a few batches, and neither one fast script nor the scripts that Redis' process spent partly
-descheduled on a busy machine size the batches that follow) and proposes the batch that fills a share of
-the budget. A script's wall time holds the time Redis waited for a CPU, which does not grow with the batch
-and which live commands wait for as well without a backfill: on a shared machine half the scripts took
-more than twice as long per key as the least disturbed ones, and a median sized the batches by that
-wait (the latency brake still takes every script's whole wall time). With a fixed cost ``a``
-per script and ``b`` per key, sizing by the measured cost per key converges on
+(its own ``TIME`` delta); the budget keeps the cost of one key (the lower quartile of the last few
+scripts: it follows a real change within a few batches, and neither one fast script nor the scripts that
+Redis' process spent partly descheduled on a busy machine size the batches that follow) and proposes the
+batch that fills a share of the budget. A script's wall time holds the time Redis waited for a CPU,
+which does not grow with the batch and which live commands wait for as well without a backfill: on a
+shared machine half the scripts took more than twice as long per key as the least disturbed ones, and a
+median sized the batches by that wait (the latency brake still takes every script's whole wall time).
+With a fixed cost ``a`` per script and ``b`` per key, sizing by the measured cost per key converges on
 ``a + b * n = TARGET_SHARE * budget``.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -88,10 +86,13 @@ class ScriptBudget:
         return longest
 
 
-async def timed_script(budget: ScriptBudget, keys: int, call: Awaitable[T]) -> T:
-    """Await ``call`` (one script over ``keys`` keys) and let ``budget`` observe how long it took: the
-    client's wall time, which also holds the round trip, so the batches it sizes err on the small side."""
-    started = time.perf_counter()
-    reply = await call
-    budget.observe(keys, time.perf_counter() - started)
+async def timed_script(budget: ScriptBudget, keys: int, call: Awaitable[list[T]]) -> list[T]:
+    """Await ``call``, one script over ``keys`` keys whose last reply element is its own run time in
+    micros by Redis' clock; let ``budget`` observe it and return the rest of the reply.
+
+    Not the client's wall time: that holds the round trip and every lag of a busy client's event loop,
+    and under load it priced a key at tens of milliseconds, so batches shrank to one key and a sweep of a
+    growing store never ended."""
+    *reply, micros = await call
+    budget.observe(keys, int(micros) / 1_000_000)
     return reply

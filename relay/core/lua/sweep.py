@@ -27,13 +27,18 @@ local function same_data(a, b, fields, job_id, workspace_id)
   end
   return true
 end
--- The outcome decide(KEYS[2i-1], KEYS[2i], workspace_id, job_id) of each key pair i, in order.
+-- The outcome decide(KEYS[2i-1], KEYS[2i], workspace_id, job_id) of each key pair i, in order, then how
+-- long the script ran in micros by Redis' clock (the controller sizes batches by it: a wall time taken by
+-- a busy client holds its own event loop's lag, and shrank batches to one key under load).
 local function outcome_per_pair(field_count, decide)
+  local started = redis.call('TIME')
   local out = {}
   for i = 1, #KEYS / 2 do
     local a = 3 + field_count + 2 * (i - 1)
     out[i] = decide(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a], ARGV[a + 1])
   end
+  local ended = redis.call('TIME')
+  out[#out + 1] = (ended[1] - started[1]) * 1000000 + (ended[2] - started[2])
   return out
 end
 """
@@ -51,7 +56,7 @@ local dry_run = ARGV[1] == '1'          -- classify only, delete nothing
 local field_count = tonumber(ARGV[2])   -- ARGV[3 .. 2 + field_count]: the data fields compared
 -- then for key i, at ARGV[3 + field_count + 2(i-1)] onwards: workspace_id, job_id
 -- Returns one outcome per key: deleted | gone | invalid | missing_new | foreign_new | legacy_newer |
--- differing | pending
+-- differing | pending; then the script's run time in micros
 """
     + _RECORD_HELPERS
     + _JOB_PAIRS
@@ -122,7 +127,8 @@ REVERSE_COPY = (
 local dry_run = ARGV[1] == '1'          -- classify only, write nothing
 local field_count = tonumber(ARGV[2])   -- ARGV[3 .. 2 + field_count]: the data fields compared
 -- then for key i, at ARGV[3 + field_count + 2(i-1)] onwards: workspace_id, job_id
--- Returns one outcome per key: copied | unchanged | legacy_newer | differing | invalid | foreign_new | gone
+-- Returns one outcome per key: copied | unchanged | legacy_newer | differing | invalid | foreign_new | gone;
+-- then the script's run time in micros
 """
     + _RECORD_HELPERS
     + _JOB_PAIRS

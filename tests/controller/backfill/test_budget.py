@@ -167,13 +167,13 @@ async def test_long_scripts_make_the_brake_engage_though_ping_is_fast(  # type: 
     assert events[-1].backfill.progress.scanned == 3000
 
 
-async def test_a_sweep_script_timed_by_the_client_sizes_the_next_sweep_batch() -> None:
+async def test_a_sweep_script_sizes_the_next_batch_by_the_run_time_it_reports_not_the_clients_wait() -> None:
     budget = ScriptBudget(0.002)
 
-    async def slow_script() -> str:  # 100 keys in at least 10 ms: at least 100 µs per key
-        await asyncio.sleep(0.01)
-        return "done"
+    async def script() -> list[object]:
+        await asyncio.sleep(0.05)  # the client's busy event loop took 50 ms to see the reply ...
+        return [b"deleted"] * 100 + [10_000]  # ... of a script that ran 10 ms: 100 µs per key
 
-    assert await timed_script(budget, 100, slow_script()) == "done"
-    assert budget.size(1000) <= 16  # 80% of 2 ms at 100 µs per key
+    assert await timed_script(budget, 100, script()) == [b"deleted"] * 100
+    assert 10 <= budget.size(1000) <= 16  # 80% of 2 ms at 100 µs per key (at 500 µs, the wait's, it is 3)
     assert ScriptBudget(0.0).size(1000) == 1000
