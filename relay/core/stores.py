@@ -45,8 +45,8 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 # (``NO_CLIENT_RETRY``), and the call sites that are safe to repeat say so with :func:`repeatable`:
 #
 # - every read of GetJob and ListJobs, each Redis call alone so that a page keeps its progress
-#   (READ_RECORDS, NOW, LEGACY_KEYS_OF_WORKSPACE, ZREVRANGEBYLEX, ZMSCORE, SCAN, pipelines of ZSCORE and
-#   HGETALL: read-only, so a repeat returns what the first would have);
+#   (READ_RECORDS, READ_SERVED, NOW, LEGACY_KEYS_OF_WORKSPACE, ZREVRANGEBYLEX, ZMSCORE, SCAN, pipelines
+#   of ZSCORE and HGETALL: read-only, so a repeat returns what the first would have);
 # - the stage refresh and the api key lookups (reads);
 # - nothing that writes: ENQUEUE (a repeat without a client_request_id enqueues again), UPDATE_STATUS (a
 #   repeat of an applied update bumps the revision or answers JOB_FINISHED), TAKE and CLAIM (a repeat
