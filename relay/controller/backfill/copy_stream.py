@@ -55,11 +55,13 @@ class CopyStream:
             raise
 
     async def drop(self) -> None:
-        """Close the connection: the replies not yet read are lost."""
+        """Give the connection back, closed only when replies are still owed on it (they are lost with it):
+        the pool takes a closed connection for a sign that its idle ones are dead too."""
         connection, self._connection = self._connection, None
-        self.pending = 0
+        owed, self.pending = self.pending, 0
         if connection is not None:
-            await connection.disconnect(nowait=True)
+            if owed:
+                await connection.disconnect(nowait=True)
             await self._redis.connection_pool.release(connection)
 
     async def _connect(self) -> AbstractConnection:
