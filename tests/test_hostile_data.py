@@ -118,12 +118,15 @@ async def test_a_foreign_new_record_is_no_copy_for_verification_and_cleanup(rela
     lua = LuaScripts(redis)
     fields = list(codec.DATA_FIELDS)
 
-    # Cleanup must keep the legacy record: its new copy does not exist for ws-a.
+    # Cleanup must keep the legacy record: its new copy does not exist for ws-a. (Each sweep script
+    # answers one outcome per key, then its own run time.)
     args = ["0", len(fields), *fields, "ws-a", job_id]
-    assert await lua.call(CLEANUP_LEGACY_JOBS, keys=[legacy_key, new_key], args=args) == [b"foreign_new"]
+    *outcomes, _micros = await lua.call(CLEANUP_LEGACY_JOBS, keys=[legacy_key, new_key], args=args)
+    assert outcomes == [b"foreign_new"]
     # The reverse copy must not carry ws-b's record into ws-a's legacy one.
     args = ["0", len(fields), *fields, "ws-a", job_id]
-    assert await lua.call(REVERSE_COPY, keys=[new_key, legacy_key], args=args) == [b"foreign_new"]
+    *outcomes, _micros = await lua.call(REVERSE_COPY, keys=[new_key, legacy_key], args=args)
+    assert outcomes == [b"foreign_new"]
     assert await digest(redis, new_key, legacy_key) == before
 
     # Verification counts ws-a's job as missing in the new layout, not as a differing copy of it.
