@@ -151,6 +151,15 @@ def seed(client: sync_redis.Redis, count: int) -> float:
     return time.monotonic() - started
 
 
+def note_costs(run: Run, redis_cpu_seconds: float, copier_cpu_seconds: float) -> None:
+    """Record on ``run`` the CPU Redis and its copier spent per key, and the load it ran at."""
+    run.extra |= {
+        "redis_cpu_us_per_key": redis_cpu_seconds / run.keys * 1e6,
+        "copier_cpu_us_per_key": copier_cpu_seconds / run.keys * 1e6,
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
 def hand_written_copy(client: sync_redis.Redis, batch: int) -> Run:
     """SCAN steps of about ``batch`` legacy keys, each copied by HAND_COPY; the next SCAN overlaps it."""
     script = client.register_script(HAND_COPY)
@@ -434,11 +443,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             seed(client, args.keys)
             redis_cpu, own_cpu = redis.cpu_seconds(), time.process_time()
             hand = hand_written_copy(client, args.batch)
-            hand.extra |= {
-                "redis_cpu_us_per_key": (redis.cpu_seconds() - redis_cpu) / hand.keys * 1e6,
-                "copier_cpu_us_per_key": (time.process_time() - own_cpu) / hand.keys * 1e6,
-                "load_average_1m": os.getloadavg()[0],
-            }
+            note_costs(hand, redis.cpu_seconds() - redis_cpu, time.process_time() - own_cpu)
             hands.append(hand)
             check_copies(client, args.keys)
             print(f"  hand-written {hand.keys_per_second:,.0f} keys/s", flush=True)
@@ -453,11 +458,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 redis_cpu, controller_cpu = redis.cpu_seconds(), server.cpu_seconds()
                 relay_run, _ = await controller_backfill(server, None, load_ids, args.batch, args.load_rps)
                 relay_run.name = f"Relay controller, {label}"
-                relay_run.extra |= {
-                    "redis_cpu_us_per_key": (redis.cpu_seconds() - redis_cpu) / relay_run.keys * 1e6,
-                    "copier_cpu_us_per_key": (server.cpu_seconds() - controller_cpu) / relay_run.keys * 1e6,
-                    "load_average_1m": os.getloadavg()[0],
-                }
+                note_costs(relay_run, redis.cpu_seconds() - redis_cpu, server.cpu_seconds() - controller_cpu)
                 runs.append(relay_run)
                 check_copies(client, args.keys)
                 print(f"  Relay, {label}: {relay_run.keys_per_second:,.0f} keys/s", flush=True)
