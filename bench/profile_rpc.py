@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench import bench_jobs, workload
+from relay.core.keys import KEYS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,8 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     out = RESULTS / f"profile-{args.rpc}.txt"
     warmup = 1.0
     with bench_jobs.running_stack(with_noop=False) as stack:
+        # The same data and pages as bench_jobs' throughput run: the indexed phase, as a completed
+        # backfill leaves it.
         job_ids = bench_jobs.seed_read_workspace(stack, 1000)
-        tokens = bench_jobs.page_walk(stack, "", 20)
+        stack.redis.client().set(KEYS.legacy_indexed, "1")
+        tokens = bench_jobs.page_walk(stack, "", 1000 // workload.PAGE_SIZE - 1)
         inputs = {"job_ids": job_ids, "page_tokens": tokens}
         workspace = workload.EXEC_WORKSPACE if args.rpc == "Execute" else workload.READ_WORKSPACE
         spy_argv = [spy, "record", "--pid", str(stack.real.process.pid), "--format", "raw"]

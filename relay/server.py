@@ -29,7 +29,7 @@ from relay.core.config import Settings
 from relay.core.limits import Limits, trim_freed_memory
 from relay.core.malformed_requests import MalformedRequestInterceptor
 from relay.core.page_token import PageTokenCodec
-from relay.core.redis_observer import observe_redis
+from relay.core.redis_observer import observe_pipelined, observe_redis
 from relay.core.replication import ReplicaWait
 from relay.core.rpc_observer import RpcObserver
 from relay.core.stage_store import StageView
@@ -112,6 +112,8 @@ async def start(
     redis = stores.new
     metrics = metrics or build_metrics(settings.metric_workspaces, settings.metric_workspace_top_n)
     observe_redis(redis, metrics)
+    if stores.pipelined is not None:
+        observe_pipelined(stores.pipelined, metrics)
     if not stores.shared:
         observe_redis(stores.legacy, metrics)
     static = load_key_file(settings.api_keys_file) if settings.api_keys_file else {}

@@ -124,8 +124,13 @@ async def test_beyond_the_limits_callers_queue_then_get_resource_exhausted(
     monkeypatch.setenv("RELAY_REDIS_POOL_TIMEOUT_SECONDS", "0.5")
     relay = await start_relay()
     [job_id] = await execute(relay.jobs, keys.md("ws_a"))
-    pool = relay.app.stores.new.connection_pool
-    held = [await pool.get_connection() for _ in range(2)]  # every connection of the services' pool busy
+    # Both places of the services' pipelined connection busy: a BLPOP holds its place, and every command
+    # sent behind it, until its own timeout (a stuck Redis, as callers see it).
+    pipelined = relay.app.stores.pipelined
+    assert pipelined is not None
+    held = [asyncio.ensure_future(pipelined.execute("BLPOP", "relay-test:nothing", 4)) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert pipelined.in_flight == 2
     try:
         # A call waits for a connection (queueing), then is told the store is busy.
         t0 = time.monotonic()
@@ -148,8 +153,7 @@ async def test_beyond_the_limits_callers_queue_then_get_resource_exhausted(
         codes = collections.Counter(await asyncio.gather(*(_code(c) for c in calls)))
         assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED: 64}, codes
     finally:
-        for conn in held:
-            await pool.release(conn)
+        await asyncio.gather(*held)
     got = await relay.jobs.GetJob(pb.GetJobRequest(job_id=job_id), metadata=keys.md("ws_a"))
     assert got.job.job_id == job_id
 

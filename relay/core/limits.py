@@ -10,6 +10,9 @@ How the limits fit together, for one process:
   should set, 5 s and more, so the caller hears why), and then fails RESOURCE_EXHAUSTED (STORE_BUSY),
   never UNAVAILABLE: the store is up, this process is only busy. A Redis call takes well under a
   millisecond, so 64 connections serve thousands of calls a second and a burst of 500 waits briefly.
+  On a single Redis the job service's own commands share one pipelined connection instead
+  (``relay.core.pipelined_connection``), with the same bounds: at most ``redis_pool_size`` commands in
+  flight, a wait of at most ``redis_pool_timeout_seconds`` for a place, then STORE_BUSY.
 - Stage refresh and lease renewal have their own small pool (``CONTROL_POOL_SIZE``): a flood of callers
   never delays a stage change or makes a controller lose its lease.
 - A request larger than ``max_receive_bytes`` is refused by gRPC (RESOURCE_EXHAUSTED) without being

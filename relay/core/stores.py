@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
@@ -29,6 +29,9 @@ from redis.exceptions import MaxConnectionsError, NoPermissionError, ResponseErr
 from relay.core import redis_client
 from relay.core.limits import CONTROL_POOL_SIZE, Limits
 from relay.core.redis_client import RedisTLS
+
+if TYPE_CHECKING:
+    from relay.core.pipelined_connection import PipelinedConnection
 
 log = logging.getLogger("relay.stores")
 T = TypeVar("T")
@@ -156,6 +159,9 @@ class Stores:
     legacy: Redis
     #: Small clients of their own per store, for stage refresh and lease renewal (``control_client_of``).
     control: list[Redis | RedisCluster] = field(default_factory=list, compare=False)
+    #: The job service's one connection to a single-Redis ``new`` store, shared by its callers' commands
+    #: (``relay.core.pipelined_connection``); None on a cluster and on the embedded store.
+    pipelined: PipelinedConnection | None = field(default=None, compare=False)
 
     @property
     def shared(self) -> bool:
@@ -181,6 +187,8 @@ class Stores:
         _CONTROL.pop(id(self.legacy), None)
         for client in self.control:
             await client.aclose()
+        if self.pipelined is not None:
+            await self.pipelined.aclose()
         await self.new.aclose()
         if not self.shared:
             await self.legacy.aclose()
@@ -302,6 +310,9 @@ async def open_stores(
     redis_url: str, legacy_url: str = "", tls: RedisTLS | None = None, limits: Limits | None = None
 ) -> Stores:
     """Connect to the configured stores, detecting a cluster, and refuse what cannot work."""
+    # Imported here: the pipelined connection is built on this module's pool settings and errors.
+    from relay.core.pipelined_connection import pipelined_connection_for
+
     limits = limits or Limits.from_env()
     new_is_cluster = await is_cluster_node(redis_url, tls)
     if legacy_url and legacy_url != redis_url:
@@ -315,7 +326,8 @@ async def open_stores(
             new: Redis | RedisCluster = await cluster_client(redis_url, limits, tls=tls)
         else:
             new = single_client(redis_url, limits, tls=tls)
-        stores = Stores(new, single_client(legacy_url, limits, tls=tls, what="RELAY_LEGACY_REDIS_URL"))
+        legacy = single_client(legacy_url, limits, tls=tls, what="RELAY_LEGACY_REDIS_URL")
+        stores = Stores(new, legacy, pipelined=pipelined_connection_for(new, limits))
     elif new_is_cluster:
         raise TopologyError(
             "REDIS_URL names a Redis Cluster node but RELAY_LEGACY_REDIS_URL is not set: the legacy layout "
@@ -323,7 +335,8 @@ async def open_stores(
             "ai:jobs:* keys (the new layout and Relay's state go to the cluster)"
         )
     else:
-        stores = Stores.single(single_client(redis_url, limits, tls=tls))
+        new = single_client(redis_url, limits, tls=tls)
+        stores = Stores(new, new, pipelined=pipelined_connection_for(new, limits))
     await _with_control(stores, (redis_url, legacy_url or redis_url), new_is_cluster, limits, tls)
     log.info("redis topology", extra={"topology": stores.topology.value})
     return stores

@@ -6,7 +6,9 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.core import codec
 from relay.v1 import job_service_pb2 as pb
@@ -156,3 +158,71 @@ def test_differing_fields_names_data_fields_only():
     a = {"job_id": "j", "status": "running", "rev": "2", "params": "{}"}
     b = {"job_id": "j", "status": "pending", "rev": "1"}
     assert codec.differing_fields(a, b) == ["status", "params"]
+
+
+def _reference_json(message: struct_pb2.Struct | struct_pb2.Value) -> str:
+    """What the stored JSON must be: protobuf's own JSON mapping, whole numbers as integers."""
+
+    def whole(value: object) -> object:
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+            return int(value)
+        if isinstance(value, dict):
+            return {k: whole(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [whole(v) for v in value]
+        return value
+
+    return json.dumps(whole(json_format.MessageToDict(message)), separators=(",", ":"), sort_keys=True)
+
+
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.text(max_size=8)
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _json_values, max_size=5))
+def test_stored_params_json_is_protobufs_own_json_mapping(data):
+    params = struct_pb2.Struct()
+    params.update(data)
+    assert codec.struct_json(params) == _reference_json(params)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values)
+def test_stored_result_json_is_protobufs_own_json_mapping(data):
+    result = struct_pb2.Value()
+    json_format.ParseDict(data, result)
+    assert codec.value_json(result) == _reference_json(result)
+
+
+def test_an_unset_value_is_stored_as_null():
+    params = struct_pb2.Struct()
+    params.fields["x"].Clear()
+    assert params.fields["x"].WhichOneof("kind") is None
+    assert codec.struct_json(params) == '{"x":null}'
+    assert codec.value_json(struct_pb2.Value()) == "null"
+
+
+@pytest.mark.parametrize("depth, storable", [(codec.MAX_JSON_DEPTH, True), (codec.MAX_JSON_DEPTH + 1, False)])
+def test_params_nest_at_most_the_limit_in_objects_or_arrays(depth, storable):
+    for container in ({}, []):
+        value: object = 1
+        for _ in range(depth - 1):
+            value = {"a": value} if isinstance(container, dict) else [value]
+        params = struct_pb2.Struct()
+        params.update({"top": value} if depth > 1 else {})
+        if storable:
+            assert json.loads(codec.struct_json(params)) == ({"top": value} if depth > 1 else {})
+        else:
+            with pytest.raises(codec.NotStorableJson, match="levels deep"):
+                codec.struct_json(params)

@@ -75,7 +75,12 @@ class InFlight:
 
     @property
     def full(self) -> bool:
-        return len(self._sent) >= (DEPTH if self._stream is not None else 1)
+        # A batch sent again (not on the stream) is copied alone: nothing is sent beside it, so that once
+        # it is applied the copies go back to the stream. (Were the next batch sent while it waits, every
+        # later one would queue behind an unpiped one, and a single NOSCRIPT at the start of a backfill on
+        # a fresh Redis left the whole backfill copying one batch at a time.)
+        piping = self._stream is not None and all(s.piped for s in self._sent)
+        return len(self._sent) >= (DEPTH if piping else 1)
 
     def restart(self) -> None:
         """The next batch sent follows what the record says (at the start, and after a new pass)."""

@@ -1,6 +1,8 @@
 """The one place Lua scripts are registered on a Redis client and called.
 
-``call`` is EVALSHA, loading the script again when Redis lost it (a restart); ``call_ro`` is EVALSHA_RO, so
+``call`` is EVALSHA, loading the script again when Redis lost it (a restart), on the client's pool or, when
+given one, on a pipelined connection to the same Redis (``relay.core.pipelined_connection``: the job
+service's hot path); ``call_ro`` is EVALSHA_RO, so
 Redis itself refuses any write, falling back to plain EVALSHA on an embedded store that lacks the
 command (a script meant to run read-only writes nothing anyway).
 """
@@ -15,6 +17,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from relay.core.lua import backfill, claims, facts, jobs, lease, replicas, split_migration, sweep
+from relay.core.pipelined_connection import PipelinedConnection
 
 Arg = str | bytes | int | float
 
@@ -61,13 +64,22 @@ ALL_SCRIPTS: tuple[str, ...] = (
 class LuaScripts:
     """Every script of :data:`ALL_SCRIPTS`, registered on one client; call them by their text constant."""
 
-    def __init__(self, redis: Redis | RedisCluster):
+    def __init__(self, redis: Redis | RedisCluster, pipelined: PipelinedConnection | None = None):
         self._redis = redis
+        self._pipelined = pipelined
         self._scripts: dict[str, AsyncScript] = {text: redis.register_script(text) for text in ALL_SCRIPTS}
         self._read_only_supported = True
 
     async def call(self, script: str, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
-        return await self._scripts[script](keys=list(keys), args=list(args))
+        pipelined = self._pipelined
+        if pipelined is None:
+            return await self._scripts[script](keys=list(keys), args=list(args))
+        sha = self._scripts[script].sha
+        try:
+            return await pipelined.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await pipelined.execute("SCRIPT", "LOAD", script)
+            return await pipelined.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     def evalsha_command(self, script: str, keys: Sequence[Arg], args: Sequence[Arg]) -> tuple[Arg, ...]:
         """``call``'s EVALSHA as one command, for a caller that pipelines calls on a connection of its own

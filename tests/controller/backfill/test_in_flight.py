@@ -96,3 +96,33 @@ async def test_two_batches_whose_replies_a_dropped_connection_lost_are_counted_o
     assert reply_second.counts["scanned"] == total
     want = {"batches": 2, "scanned": total, "migrated": total, "cursor": second.cursor_to}
     assert await stored(redis) == want
+
+
+async def test_after_a_batch_sent_again_the_copies_go_back_to_two_in_flight(redis: Redis) -> None:
+    copies, reader, _ = await two_batches_in_flight(redis)
+    await redis.script_flush()  # a fresh Redis: the first COPY_BATCH on the stream answers NOSCRIPT
+    batches = [await reader.read("0", 60, frozenset(), None)]
+    for _ in range(3):
+        batches.append(await reader.read(batches[-1].cursor_to, 60, frozenset(), None))
+    assert all(b.items for b in batches) and not batches[-1].last
+
+    await copies.send(batches[0])
+    await copies.send(batches[1])
+    assert copies.full
+    assert (await copies.next())[1].status == "OK"  # NOSCRIPT, then sent again (loading the script)
+    assert copies.full, "the batch behind it is sent again too, alone: nothing goes beside it"
+    assert (await copies.next())[1].status == "OK"
+
+    await copies.send(batches[2])
+    assert not copies.full, "back on the stream: a second batch may go beside it"
+    await copies.send(batches[3])
+    replies = [(await copies.next())[1] for _ in range(2)]
+    await copies.stop()
+    assert [r.status for r in replies] == ["OK", "OK"]
+    total = sum(len(b.items) for b in batches)
+    assert await stored(redis) == {
+        "batches": 4,
+        "scanned": total,
+        "migrated": total,
+        "cursor": batches[3].cursor_to,
+    }
