@@ -23,6 +23,7 @@ from relay.core.ids import is_job_id, is_workspace_id
 from relay.core.keys import KEYS, LEGACY_JOB_PATTERN, LEGACY_JOB_PREFIX, KeyLayout
 from relay.core.lua import LuaScripts
 from relay.core.lua.backfill import COPY_BATCH, READ_BATCH
+from relay.core.pipelined_connection import PipelinedConnection
 
 COPY = "c"  # a legacy record that can be placed: its new key and index entry are known
 INVALID = "i"  # not a hash, no valid workspace_id, or a job id that cannot be part of a key
@@ -83,9 +84,16 @@ class CopyReply:
 
 
 class BatchReader:
-    def __init__(self, redis: Redis, workspace_filter: str = "", keys: KeyLayout = KEYS):
+    def __init__(
+        self,
+        redis: Redis,
+        workspace_filter: str = "",
+        keys: KeyLayout = KEYS,
+        pipelined: PipelinedConnection | None = None,
+    ):
         self._redis = redis
-        self._lua = LuaScripts(redis)
+        # READ_BATCH carries a SCAN step's keys: packed in C on the pipelined connection when there is one.
+        self._lua = LuaScripts(redis, pipelined)
         self._filter = workspace_filter
         self._keys = keys
         self._workspaces: dict[bytes, str | None] = {}

@@ -27,7 +27,7 @@ from relay.controller.backfill.state import BackfillRecord
 #: A SCAN step asks for at most this many times the batch size, when few keys match.
 MAX_SCAN_FACTOR = 20
 #: Batches scanned and read ahead of the one being copied.
-READ_AHEAD = 2
+READ_AHEAD = 4
 #: The Redis run is asked again after this long (see above).
 RUN_ID_EVERY_SECONDS = 0.5
 

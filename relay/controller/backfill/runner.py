@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from relay.controller.backfill.batch import Batch, BatchCopier, BatchReader, CopyReply
 from relay.controller.backfill.continuation import Continuation
 from relay.controller.backfill.events import EventHub, make_event
-from relay.controller.backfill.in_flight import InFlight
+from relay.controller.backfill.in_flight import DEPTH, DEPTH_WITH_BUDGET, InFlight
 from relay.controller.backfill.pacing import Pacing
 from relay.controller.backfill.read_ahead import ReadAhead
 from relay.controller.backfill.retry import retrying
@@ -82,7 +82,8 @@ class BackfillRunner:
         self._first = first
         # In a split topology the legacy records are scanned on their own Redis (see split_batch).
         legacy = stores.legacy if stores is not None else redis
-        self._reader = BatchReader(legacy, record.options.workspace_id, keys)
+        pipelined = stores.pipelined if stores is not None and stores.shared else None
+        self._reader = BatchReader(legacy, record.options.workspace_id, keys, pipelined)
         self._copier = batch_copier(redis, stores, keys)
         self._pacing = Pacing(
             record,
@@ -101,8 +102,9 @@ class BackfillRunner:
             record, self._reader, self._pacing, self._continuation, plan=self._copier.plan
         )
         stream = self._copier.stream() if isinstance(self._copier, BatchCopier) else None
+        depth = DEPTH_WITH_BUDGET if settings.backfill_script_budget_seconds > 0 else DEPTH
         self._copies = InFlight(
-            record, self._reader, self._copier, store, self._pacing, self._continuation, stream
+            record, self._reader, self._copier, store, self._pacing, self._continuation, stream, depth
         )
         self._last_control = ""  # the operator's request as the last reply said
         self.task: asyncio.Task[None] | None = None

@@ -87,18 +87,23 @@ class LuaScripts:
         return ("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
 
     async def call_ro(self, script: str, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
-        sha = self._scripts[script].sha
+        sha, n = self._scripts[script].sha, len(keys)
         if self._read_only_supported:
             try:
                 try:
-                    return await self._redis.evalsha_ro(sha, len(keys), *keys, *args)
+                    return await self._execute("EVALSHA_RO", sha, n, *keys, *args)
                 except NoScriptError:
-                    return await self._redis.eval_ro(script, len(keys), *keys, *args)
+                    return await self._execute("EVAL_RO", script, n, *keys, *args)
             except ResponseError as exc:
                 if "unknown command" not in str(exc).lower():
                     raise
                 self._read_only_supported = False
         try:
-            return await self._redis.evalsha(sha, len(keys), *keys, *args)
+            return await self._execute("EVALSHA", sha, n, *keys, *args)
         except NoScriptError:
-            return await self._redis.eval(script, len(keys), *keys, *args)
+            return await self._execute("EVAL", script, n, *keys, *args)
+
+    async def _execute(self, *command: Arg) -> Any:
+        if self._pipelined is not None:
+            return await self._pipelined.execute(*command)
+        return await self._redis.execute_command(*command)

@@ -32,6 +32,7 @@ async def two_batches_in_flight(redis: Redis) -> tuple[InFlight, BatchReader, Ba
         Pacing(record, redis, 0.0),
         Continuation(record),
         copier.stream(),
+        depth=2,
     )
     return copies, reader, record
 
