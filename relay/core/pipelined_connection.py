@@ -58,6 +58,8 @@ class _Replies(asyncio.Protocol):
         self.closed: BaseException | None = None
         self._lost = lost
         self._outbox: list[bytes] = []
+        #: The asyncio stream writer redis-py opened the socket with, kept so that it is not collected.
+        self.writer: Any = None
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
 
     def send(self, command: bytes) -> None:
@@ -119,7 +121,6 @@ class PipelinedConnection:
         self._replies: _Replies | None = None
         self._connecting: asyncio.Task[_Replies] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
-        self._connection: Any = None
 
     @property
     def in_flight(self) -> int:
@@ -197,7 +198,10 @@ class PipelinedConnection:
         lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         replies = _Replies(transport, lost)
         transport.set_protocol(replies)
-        self._connection = connection
+        # redis-py's connection lets go of the socket: it counts itself disconnected, and neither reads
+        # from nor closes (when collected) what is now this class's. Its stream writer stays alive with
+        # the replies (a writer collected closes its transport).
+        replies.writer, connection._writer, connection._reader = connection._writer, None, None
         self._replies = replies
         return replies
 
