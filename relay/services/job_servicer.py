@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -24,6 +25,8 @@ MAX_NAME_CHARS = 128
 MAX_ACTOR_CHARS = 256
 MAX_ERROR_CHARS = 4096
 T = TypeVar("T")
+#: Control characters a name or text must not hold: all below U+0020 but tab and newline.
+_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b-\x1f]")
 WORKER_STATUSES = {
     pb.JOB_STATUS_RUNNING: "running",
     pb.JOB_STATUS_COMPLETED: "completed",
@@ -159,6 +162,6 @@ def _required_name(value: str, field: str) -> str:
 def _bounded_text(value: str, field: str, limit: int) -> str:
     if len(value) > limit:
         raise InvalidArgument(field, f"must be at most {limit} characters")
-    if any(ord(c) < 32 and c not in "\t\n" for c in value):
+    if _CONTROL_CHARACTER.search(value):
         raise InvalidArgument(field, "must not hold control characters")
     return value
