@@ -26,7 +26,9 @@ from relay.controller.backfill.state import BackfillRecord
 
 #: A SCAN step asks for at most this many times the batch size, when few keys match.
 MAX_SCAN_FACTOR = 20
-#: Batches scanned and read ahead of the one being copied.
+#: Batches scanned and read ahead of the one being copied, as many as the copies in flight
+#: (``relay.controller.backfill.in_flight``: fewer under a script budget, whose reads live commands wait
+#: behind too).
 READ_AHEAD = 4
 #: The Redis run is asked again after this long (see above).
 RUN_ID_EVERY_SECONDS = 0.5
@@ -40,14 +42,16 @@ class ReadAhead:
         pacing: Pacing,
         continuation: Continuation,
         plan: Callable[[Batch], object] | None = None,
+        depth: int = READ_AHEAD,
     ):
         self._plan = plan
+        self._depth = depth
         self._record = record
         self._reader = reader
         self._pacing = pacing
         self._continuation = continuation
         self._match_ratio = 1.0
-        self._queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
+        self._queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=depth)
         self._task: asyncio.Task[None] | None = None
         self._run_id = ""
         self._asked = -math.inf  # when the Redis run was last asked
@@ -55,7 +59,7 @@ class ReadAhead:
     def start(self) -> None:
         """Read on from the record's cursor (dropping whatever an earlier start read)."""
         self._asked = -math.inf
-        self._queue = asyncio.Queue(maxsize=READ_AHEAD)
+        self._queue = asyncio.Queue(maxsize=self._depth)
         self._task = asyncio.create_task(self._run(self._queue))
 
     async def get(self) -> Batch | BaseException:

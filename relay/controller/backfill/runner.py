@@ -98,11 +98,11 @@ class BackfillRunner:
         self._last_examined = 0
         self._tally = OutcomeTally(metrics)
         self._continuation = Continuation(record)
+        depth = DEPTH_WITH_BUDGET if settings.backfill_script_budget_seconds > 0 else DEPTH
         self._read_ahead = ReadAhead(
-            record, self._reader, self._pacing, self._continuation, plan=self._copier.plan
+            record, self._reader, self._pacing, self._continuation, plan=self._copier.plan, depth=depth
         )
         stream = self._copier.stream() if isinstance(self._copier, BatchCopier) else None
-        depth = DEPTH_WITH_BUDGET if settings.backfill_script_budget_seconds > 0 else DEPTH
         self._copies = InFlight(
             record, self._reader, self._copier, store, self._pacing, self._continuation, stream, depth
         )
