@@ -52,11 +52,11 @@ _CLOSED = "Connection closed by server."
 class _Replies(asyncio.Protocol):
     """The socket's side: replies parsed as they arrive, each handed to the oldest waiting command."""
 
-    def __init__(self, transport: asyncio.BaseTransport, lost: asyncio.Future[None]):
+    def __init__(self, transport: asyncio.BaseTransport):
         self.transport: Any = transport
+        #: Each command sent and not answered yet: its caller's future and when it was sent.
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.closed: BaseException | None = None
-        self._lost = lost
         self._outbox: list[bytes] = []
         #: The asyncio stream writer redis-py opened the socket with, kept so that it is not collected.
         self.writer: Any = None
@@ -103,8 +103,6 @@ class _Replies(asyncio.Protocol):
             future, _ = self.waiting.popleft()
             if not future.done():
                 future.set_exception(error)
-        if not self._lost.done():
-            self._lost.set_result(None)
 
 
 class PipelinedConnection:
@@ -157,6 +155,8 @@ class PipelinedConnection:
         try:
             await asyncio.wait_for(waiter, self._wait_seconds)
         except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                self._give_place()  # handed a place just as the wait ran out: pass it on
             raise PoolExhausted(
                 f"all {self._limit} places for Redis commands stayed busy for {self._wait_seconds} s"
             ) from None
@@ -195,8 +195,7 @@ class PipelinedConnection:
             if isinstance(exc, RedisConnectionError | RedisTimeoutError):
                 raise
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        replies = _Replies(transport, lost)
+        replies = _Replies(transport)
         transport.set_protocol(replies)
         # redis-py's connection lets go of the socket: it counts itself disconnected, and neither reads
         # from nor closes (when collected) what is now this class's. Its stream writer stays alive with
