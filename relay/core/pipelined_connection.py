@@ -62,12 +62,22 @@ class _Replies(asyncio.Protocol):
         self.writer: Any = None
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
 
-    def send(self, command: bytes) -> None:
-        """Queue ``command`` for this turn of the event loop: the commands of every caller that runs in
-        one turn go out in one write, one system call instead of one each."""
+    def submit(self, command: bytes) -> asyncio.Future[Any]:
+        """The future of ``command``'s reply. The command is queued for this turn of the event loop: the
+        commands of every caller that runs in one turn go out in one write, one system call instead of
+        one each. On a connection already closed the future fails at once with the reason."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self.closed is not None:
+            # Closed between its making and this caller's turn (a kill right after the connect): nobody
+            # would ever answer or fail a command queued here.
+            future.set_exception(self.closed)
+            return future
+        self.waiting.append((future, time.monotonic()))
         if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._outbox.append(command)
+        return future
 
     def _flush(self) -> None:
         commands, self._outbox = self._outbox, []
@@ -132,12 +142,11 @@ class PipelinedConnection:
             replies = self._replies
             if replies is None or replies.closed is not None:
                 replies = await self._connect()
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[Any] = loop.create_future()
-            replies.waiting.append((future, time.monotonic()))
-            replies.send(command)
+            future = replies.submit(command)
             if self._watchdog is None:
-                self._watchdog = loop.call_later(self._reply_timeout / 4, self._check_replies)
+                self._watchdog = asyncio.get_running_loop().call_later(
+                    self._reply_timeout / 4, self._check_replies
+                )
             reply = await future
         finally:
             self._give_place()

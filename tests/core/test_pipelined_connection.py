@@ -142,3 +142,12 @@ async def test_a_cancelled_waiter_passes_its_place_on(redis):
         assert conn.in_flight == 0
     finally:
         await conn.aclose()
+
+
+async def test_a_command_sent_on_a_connection_closed_meanwhile_fails_at_once(connection, redis):
+    assert await connection.execute("PING") == b"PONG"
+    replies = connection._replies  # the connection as the next caller finds it, closed in between
+    replies.fail(RedisConnectionError("killed right after the connect"))
+    with pytest.raises(RedisConnectionError, match="killed right after"):
+        await asyncio.wait_for(replies.submit(b"*1\r\n$4\r\nPING\r\n"), 2)
+    assert await connection.execute("PING") == b"PONG", "the next command connects again"

@@ -23,7 +23,7 @@ from relay.controller.backfill.events import EventHub, make_event
 from relay.controller.backfill.in_flight import DEPTH, DEPTH_WITH_BUDGET, InFlight
 from relay.controller.backfill.pacing import Pacing
 from relay.controller.backfill.read_ahead import ReadAhead
-from relay.controller.backfill.retry import retrying
+from relay.controller.backfill.retry import retrying, stop_task
 from relay.controller.backfill.signals import Cancelled, Stopping
 from relay.controller.backfill.split_batch import batch_copier
 from relay.controller.backfill.state import (
@@ -136,9 +136,9 @@ class BackfillRunner:
         try:
             await asyncio.wait_for(asyncio.shield(self.task), grace_seconds)
         except (TimeoutError, asyncio.CancelledError):
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+            # Cancelled until it ends: a single cancellation swallowed by a Redis call would leave this
+            # waiting for a run that goes on.
+            await stop_task(self.task)
 
     # --- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
