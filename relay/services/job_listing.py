@@ -25,7 +25,6 @@ from relay.core.limits import PAGE_BYTE_BUDGET
 from relay.core.lua import LuaScripts
 from relay.core.lua.jobs import LEGACY_KEYS_OF_WORKSPACE, NOW
 from relay.core.page_token import PageTokenCodec
-from relay.core.pipelined_connection import PipelinedConnection
 from relay.core.stage_store import StageView
 from relay.core.stages import StageSetting
 from relay.core.stores import raise_store_failures, repeatable
@@ -116,17 +115,8 @@ class JobListing:
     _tokens: PageTokenCodec
     _stages: StageView
 
-    _pipelined: PipelinedConnection | None
-
     def to_proto(self, record: Record, into: Any = None) -> pb.Job:
         raise NotImplementedError
-
-    async def _command(self, *args: str | bytes | int) -> Any:
-        """One command to the new layout's store whose raw reply is read as is: on the pipelined
-        connection when there is one."""
-        if self._pipelined is not None:
-            return await self._pipelined.execute(*args)
-        return await self._redis.execute_command(*args)
 
     async def _read_many(
         self, workspace_id: str, job_ids: Sequence[str], setting: StageSetting
@@ -202,7 +192,7 @@ class JobListing:
             fetch = need + 1 if not status else max(need * 2, 100)
             top = b"(" + after.encode() if after else b"+"
             members = await repeatable(
-                partial(self._command, "ZREVRANGEBYLEX", index, top, b"-", "LIMIT", 0, fetch)
+                partial(self._lua.execute, "ZREVRANGEBYLEX", index, top, b"-", "LIMIT", 0, fetch)
             )
             names = [m.decode() for m in members]
             more = len(names) == fetch

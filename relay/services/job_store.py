@@ -59,8 +59,7 @@ class JobStore(JobListing):
         #: The new layout's store (and in the shared topology the legacy one's too).
         self._redis: Redis | RedisCluster = self._stores.new
         self._legacy: Redis = self._stores.legacy
-        self._pipelined = self._stores.pipelined
-        self._lua = LuaScripts(self._redis, self._pipelined)
+        self._lua = LuaScripts(self._redis, self._stores.pipelined)
         self._legacy_lua = self._lua if self._stores.shared else LuaScripts(self._legacy)
         self._split = (
             None if self._stores.shared else SplitWrites(self._stores, idempotency_ttl_seconds, keys)

@@ -76,10 +76,10 @@ class LuaScripts:
             return await self._scripts[script](keys=list(keys), args=list(args))
         sha = self._scripts[script].sha
         try:
-            return await pipelined.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
         except NoScriptError:
-            await pipelined.execute("SCRIPT", "LOAD", script)
-            return await pipelined.execute("EVALSHA", sha, len(keys), *keys, *args)
+            await self.execute("SCRIPT", "LOAD", script)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     def evalsha_command(self, script: str, keys: Sequence[Arg], args: Sequence[Arg]) -> tuple[Arg, ...]:
         """``call``'s EVALSHA as one command, for a caller that pipelines calls on a connection of its own
@@ -91,19 +91,21 @@ class LuaScripts:
         if self._read_only_supported:
             try:
                 try:
-                    return await self._execute("EVALSHA_RO", sha, n, *keys, *args)
+                    return await self.execute("EVALSHA_RO", sha, n, *keys, *args)
                 except NoScriptError:
-                    return await self._execute("EVAL_RO", script, n, *keys, *args)
+                    return await self.execute("EVAL_RO", script, n, *keys, *args)
             except ResponseError as exc:
                 if "unknown command" not in str(exc).lower():
                     raise
                 self._read_only_supported = False
         try:
-            return await self._execute("EVALSHA", sha, n, *keys, *args)
+            return await self.execute("EVALSHA", sha, n, *keys, *args)
         except NoScriptError:
-            return await self._execute("EVAL", script, n, *keys, *args)
+            return await self.execute("EVAL", script, n, *keys, *args)
 
-    async def _execute(self, *command: Arg) -> Any:
+    async def execute(self, *command: Arg) -> Any:
+        """One command whose raw reply is read as is, on the same way as the scripts: the pipelined
+        connection when there is one, else the client."""
         if self._pipelined is not None:
             return await self._pipelined.execute(*command)
         return await self._redis.execute_command(*command)
